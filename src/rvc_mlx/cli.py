@@ -1,0 +1,102 @@
+"""The ``rvc-mlx`` command: a parser and thin calls into the library."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rvc_mlx.errors import RVCError
+
+
+def _add_infer(sub) -> None:
+    p = sub.add_parser("infer", help="convert a recording (or a directory of them) into the model's voice")
+    p.add_argument("-m", "--model", required=True, help="voice model: RVC .pth or rvc-mlx .safetensors")
+    p.add_argument("-i", "--input", required=True, help="audio file or directory")
+    p.add_argument("-o", "--output", required=True, help="output file, or directory for directory input")
+    p.add_argument("--hubert", help="content encoder (default: hubert_base.pt in the models directory)")
+    p.add_argument("--rmvpe", help="RMVPE weights (default: rmvpe.pt in the models directory)")
+    p.add_argument("--index", help="retrieval index (.index); default: the one stored in the model, if any")
+    p.add_argument("--index-mode", choices=["exact", "faiss"], default="exact",
+                   help="exact k-NN (default) or faiss-compatible IVF search with nprobe 1")
+    p.add_argument("--pitch-shift", type=float, default=0.0, help="transposition in semitones")
+    p.add_argument("--f0-method", default="rmvpe",
+                   choices=["rmvpe", "fcpe", "crepe", "crepe-tiny", "pm", "harvest"])
+    p.add_argument("--f0-curve", help="pitch curve file: lines of 'time_s,f0_hz' (replaces estimated f0)")
+    p.add_argument("--index-rate", type=float, default=0.75, help="share of retrieved features (0..1)")
+    p.add_argument("--filter-radius", type=int, default=3, help="median filter for harvest when > 2")
+    p.add_argument("--rms-mix-rate", type=float, default=0.25,
+                   help="1 keeps the output's loudness envelope, 0 takes the input's")
+    p.add_argument("--protect", type=float, default=0.33,
+                   help="protect unvoiced consonants from retrieval (0.5 = off)")
+    p.add_argument("--output-sample-rate", type=int, default=None, help="resample the output (Hz)")
+    p.add_argument("--speaker-id", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None, help="seed for the model's noise draws")
+    p.add_argument("--deterministic", action="store_true", help="zero every noise draw")
+    p.add_argument("--format", choices=["PCM_16", "FLOAT"], default="PCM_16", help="output sample format")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rvc-mlx", description="RVC voice conversion on MLX")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_infer(sub)
+
+    p = sub.add_parser("convert-checkpoint", help="convert a .pth/.pt model to one rvc-mlx .safetensors")
+    p.add_argument("source", help="RVC voice .pth, hubert_base.pt or rmvpe.pt")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--index", help="RVC .index to store inside a converted voice")
+    p.add_argument("--kind", choices=["auto", "voice", "hubert", "rmvpe"], default="auto")
+
+    p = sub.add_parser("info", help="describe a voice model")
+    p.add_argument("model")
+
+    p = sub.add_parser("download", help="fetch hubert_base.pt and rmvpe.pt into the models directory")
+    p.add_argument("names", nargs="*", help="which files (default: all)")
+    p.add_argument("--force", action="store_true", help="download even if present and intact")
+
+    p = sub.add_parser("doctor", help="check the install: back end, BLAS speed, a whole conversion")
+    p.add_argument("--seconds", type=float, default=3.0, help="length of the generated test audio")
+
+    p = sub.add_parser("bench", help="time the pipeline stages (see benchmarks/)")
+    p.add_argument("--seconds", type=float, nargs="+", default=[5.0])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "infer":
+            from rvc_mlx.commands import run_infer
+
+            return run_infer(args)
+        if args.command == "convert-checkpoint":
+            from rvc_mlx.commands import run_convert
+
+            return run_convert(args)
+        if args.command == "info":
+            from rvc_mlx.commands import run_info
+
+            return run_info(args)
+        if args.command == "download":
+            from rvc_mlx.download import download
+
+            for name, path in download(args.names or None, force=args.force).items():
+                print(f"{name}: {path}")
+            return 0
+        if args.command == "doctor":
+            from rvc_mlx.doctor import run_doctor
+
+            return run_doctor(seconds=args.seconds)
+        if args.command == "bench":
+            from rvc_mlx.doctor import run_bench
+
+            return run_bench(args.seconds)
+    except RVCError as e:
+        print(f"rvc-mlx: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
