@@ -96,12 +96,8 @@ def reference():
 
 @pytest.fixture(scope="module")
 def ours():
-    path = ckpt.bundled_checkpoint_path()
-    assert path is not None
-    raw = torch.load(path, map_location="cpu", weights_only=True)
-    config = ckpt.config_from_dict(raw["config_dict"], path)
-    params = ckpt.convert_state_dict({k: v.numpy() for k, v in raw["model"].items()}, config, path)
-    return ckpt.build_fcpe(params, config, path)
+    """Loaded the way users load it: the bundled .pt through our torch-free reader."""
+    return ckpt.load_fcpe()
 
 
 @pytest.fixture(scope="module")
@@ -218,14 +214,53 @@ def test_accuracy_on_known_pitch(ours, signal):
 # ---------------------------------------------------------------------------------------------------------
 
 
+def test_reader_conversion_equals_torch_load(ours):
+    """Our reader + converter give the same weights as converting torch.load's state dict."""
+    from mlx.utils import tree_flatten
+
+    path = ckpt.bundled_checkpoint_path()
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    config = ckpt.config_from_dict(raw["config_dict"], path)
+    assert config == ours.config
+    expected = ckpt.convert_state_dict({k: v.numpy() for k, v in raw["model"].items()}, config, path)
+    got = dict(tree_flatten(ours.parameters()))
+    assert set(got) == set(expected)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(np.array(got[name]), value, err_msg=name)
+
+
+def test_small_variant_with_harmonic_embedding(rng):
+    """Other widths, parametrization-style weight-norm keys and a harmonic embedding (random weights)."""
+    from torchfcpe.models import CFNaiveMelPE
+
+    torch.manual_seed(0)
+    ref = CFNaiveMelPE(128, 360, hidden_dims=64, n_layers=2, n_heads=8, f0_max=1975.5, f0_min=32.7,
+                       use_fa_norm=True, conv_only=True, use_harmonic_emb=True).eval()
+    with torch.no_grad():
+        ref.harmonic_emb.weight.normal_()
+        ref.input_stack[1].weight.uniform_(0.5, 1.5)
+    state = {k: v.detach().numpy() for k, v in ref.state_dict().items()}
+    assert "output_proj.parametrizations.weight.original1" in state and "harmonic_emb.weight" in state
+    raw_config = {"mel": {"sr": 16000, "num_mels": 128, "n_fft": 1024, "win_size": 1024, "hop_size": 160,
+                          "fmin": 0, "fmax": 8000},
+                  "model": {"type": "CFNaiveMelPE", "out_dims": 360, "hidden_dims": 64, "n_layers": 2,
+                            "f0_min": 32.7, "f0_max": 1975.5, "conv_only": True}}
+    config = ckpt.config_from_dict(raw_config)
+    model = ckpt.build_fcpe(ckpt.convert_state_dict(state, config), config)
+    mel = rng.uniform(-11, 1, (2, 50, 128)).astype(np.float32)
+    with torch.no_grad():
+        expected = ref(torch.from_numpy(mel)).numpy()
+    got = np.array(model(mx.array(mel)))
+    assert rel_err(got, expected) <= 1e-4, rel_err(got, expected)
+
+
 def test_native_round_trip(tmp_path, ours, signal):
-    from rvc_mlx.checkpoints.native import load_native, save_native
+    from rvc_mlx.checkpoints.native import load_native
 
     path = tmp_path / "fcpe.safetensors"
-    params = {k: np.array(v) for k, v in dict(_flat(ours)).items()}
-    save_native(path, params, kind=ckpt.NATIVE_KIND, meta={"config": ckpt._config_meta(ours.config)})
+    ckpt.convert_fcpe_checkpoint(ckpt.bundled_checkpoint_path(), path)
     loaded = ckpt.load_fcpe(path)
-    assert loaded.config == ours.config
+    assert loaded is not ours and loaded.config == ours.config
     audio = signal[0][: 2 * SR]
     np.testing.assert_array_equal(fcpe_f0(audio, model=loaded), fcpe_f0(audio, model=ours))
     assert ckpt.load_fcpe(path) is loaded  # cached
@@ -233,13 +268,7 @@ def test_native_round_trip(tmp_path, ours, signal):
         load_native(path, "rmvpe")
 
 
-def _flat(model):
-    from mlx.utils import tree_flatten
-
-    return tree_flatten(model.parameters())
-
-
-def test_bad_checkpoints_raise_checkpoint_error():
+def test_bad_checkpoints_raise_checkpoint_error(tmp_path):
     raw = torch.load(ckpt.bundled_checkpoint_path(), map_location="cpu", weights_only=True)
     config = ckpt.config_from_dict(raw["config_dict"])
     state = {k: v.numpy() for k, v in raw["model"].items()}
@@ -260,6 +289,10 @@ def test_bad_checkpoints_raise_checkpoint_error():
         ckpt.config_from_dict({"mel": {}, "model": {"type": "CFNaiveMelPE", "conv_only": True}}, "x.pt")
     with pytest.raises(CheckpointError, match="not found"):
         ckpt.load_fcpe("/nonexistent/fcpe.pt")
+    not_fcpe = tmp_path / "other.pt"
+    torch.save({"weight": torch.zeros(3)}, not_fcpe)
+    with pytest.raises(CheckpointError, match="not a torchfcpe checkpoint"):
+        ckpt.load_fcpe(not_fcpe)
 
 
 def test_bad_audio_raises_audio_error(ours):

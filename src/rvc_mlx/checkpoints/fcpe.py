@@ -117,10 +117,15 @@ def convert_state_dict(
             state.pop(f"net.encoder_layers.{i}.norm.{name}", None)
     out["out_norm.weight"] = _take(state, "norm.weight", (h,), path)
     out["out_norm.bias"] = _take(state, "norm.bias", (h,), path)
-    if "output_proj.weight_v" in state:  # weight norm over input dims: W = g * v / |v|
-        v = _take(state, "output_proj.weight_v", (c.out_dims, h), path).astype(np.float64)
-        g = _take(state, "output_proj.weight_g", (c.out_dims, 1), path).astype(np.float64)
-        weight = (g * v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+    # weight norm over the input dims, W = g * v / |v|: old (weight_g/_v) or parametrization key names
+    for g_key, v_key in (("output_proj.weight_g", "output_proj.weight_v"),
+                         ("output_proj.parametrizations.weight.original0",
+                          "output_proj.parametrizations.weight.original1")):
+        if v_key in state:
+            v = _take(state, v_key, (c.out_dims, h), path).astype(np.float64)
+            g = _take(state, g_key, (c.out_dims, 1), path).astype(np.float64)
+            weight = (g * v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+            break
     else:
         weight = _take(state, "output_proj.weight", (c.out_dims, h), path)
     out["out_proj.weight"] = np.ascontiguousarray(weight.T)  # (hidden, out_dims)
