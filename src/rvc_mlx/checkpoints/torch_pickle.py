@@ -16,6 +16,7 @@ the allow-list raises UnsafePickleError before anything runs.
 
 from __future__ import annotations
 
+import _compat_pickle
 import collections
 import datetime
 import io
@@ -226,9 +227,12 @@ class _Unpickler(pickle.Unpickler):
 
     # ---- globals ----------------------------------------------------------------------------------------
     def find_class(self, module: str, name: str):
+        if (module, name) in _compat_pickle.NAME_MAPPING:  # Python 2 names, as protocols 0-2 write them
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         qualname = f"{module}.{name}"
         top = module.split(".")[0]
-        if module in ("builtins", "__builtin__"):
+        if module == "builtins":
             if name in _SAFE_BUILTINS:
                 return _SAFE_BUILTINS[name]
             raise _Refused(f"refusing to load {qualname}")
@@ -382,7 +386,12 @@ def _load_zip(path: str, zf: zipfile.ZipFile):
 
 def _load_stream(path: str, f):
     """A legacy torch.save stream, or a plain pickle with no torch storages."""
-    first = _Unpickler(f, path).load()
+    try:
+        first = _Unpickler(f, path).load()
+    except (_Refused, CheckpointError):
+        raise
+    except Exception as e:
+        raise CheckpointError(path, f"not a PyTorch checkpoint (no zip archive, no pickle: {e})") from None
     if type(first) is not int or first != _MAGIC_NUMBER:
         if f.read(1):
             raise CheckpointError(path, "not a PyTorch checkpoint (bad magic number)")
@@ -466,6 +475,8 @@ def load(path: str | os.PathLike) -> object:
     except EOFError:
         raise CheckpointError(path, "truncated file: the pickle data ends early") from None
     except pickle.UnpicklingError as e:
+        if "truncated" in str(e):
+            raise CheckpointError(path, "truncated file: the pickle data ends early") from None
         raise CheckpointError(path, f"not a PyTorch checkpoint or a damaged one (pickle: {e})") from None
     except Exception as e:  # anything a malformed pickle makes the unpickler or a rebuilder raise
         raise CheckpointError(path, f"malformed checkpoint ({type(e).__name__}: {e})") from None
