@@ -1,0 +1,1 @@
+"""MLX models: the RVC synthesizer (`synthesizer`), its parts, and the shared conv layers (`conv`)."""
