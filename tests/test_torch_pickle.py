@@ -213,6 +213,38 @@ def test_malicious_globals_are_refused_and_never_run(tmp_path, how):
         assert not os.path.exists(marker), name
 
 
+class _PlainObject:  # a class outside the known namespaces, pickled by NEWOBJ + BUILD: tolerated as data
+    def __init__(self):
+        self.rate, self.names = 16000, ["a"]
+
+
+def test_unknown_plain_object_is_inert_but_calls_are_refused(tmp_path):
+    path = tmp_path / "obj.pkl"
+    path.write_bytes(pickle.dumps({"o": _PlainObject()}, protocol=2))
+    out = load(path)["o"]
+    assert isinstance(out, Placeholder) and out.qualname.endswith("._PlainObject")
+    assert to_plain(out) == {"rate": 16000, "names": ["a"]}
+    # the same class called through REDUCE (it could be any function) is refused
+    path.write_bytes(pickle.dumps(_Evil(_PlainObject), protocol=2))
+    with pytest.raises(UnsafePickleError, match=r"refusing to call .*_PlainObject"):
+        load(path)
+
+
+def test_build_cannot_tamper_with_the_loader(tmp_path):
+    """BUILD on a dtype copy changes nothing shared; BUILD on an allow-listed callable is refused."""
+    tampered = tmp_path / "tampered.pkl"
+    # GLOBAL torch.float32, then BUILD with {"numpy": "<f2", "itemsize": 2}
+    tampered.write_bytes(b"\x80\x02ctorch\nfloat32\n}(X\x05\x00\x00\x00numpyX\x03\x00\x00\x00<f2"
+                         b"X\x08\x00\x00\x00itemsizeK\x02ub.")
+    assert load(tampered).numpy == "<f2"
+    path = _save({"w": torch.randn(2, 3)}, tmp_path / "after.pt", True)
+    _assert_same(load(path), torch.load(path, weights_only=False))  # still read as float32
+    build_on_callable = tmp_path / "build.pkl"
+    build_on_callable.write_bytes(b"\x80\x02ccollections\nOrderedDict\n}X\x01\x00\x00\x00aK\x01sb.")
+    with pytest.raises(UnsafePickleError, match="refusing to modify collections.OrderedDict"):
+        load(build_on_callable)
+
+
 def _rewrite_zip(src, dst, drop=(), replace=None):
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as zout:
         for info in zin.infolist():

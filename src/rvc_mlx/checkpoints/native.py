@@ -36,7 +36,9 @@ def _read_header(path: str) -> dict:
         (n,) = struct.unpack("<Q", head)
         if n <= 1 or n > _MAX_HEADER_BYTES:
             raise ValueError(f"implausible safetensors header length {n}")
-        raw = f.read(n)
+        if f.read(1) != b"{":  # a JSON object must follow: other files are rejected without reading on
+            raise ValueError("no safetensors JSON header")
+        raw = b"{" + f.read(n - 1)
         if len(raw) != n:
             raise ValueError("truncated safetensors header")
     header = json.loads(raw.decode("utf-8"))

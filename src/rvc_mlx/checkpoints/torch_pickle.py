@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import _compat_pickle
 import collections
+import dataclasses
 import datetime
 import io
 import os
@@ -43,23 +44,17 @@ class TorchDtype:
     itemsize: int  # bytes per element in the file
 
 
-_DTYPES = {
-    d.name: d
-    for d in [
-        TorchDtype("float16", "<f2", 2), TorchDtype("float32", "<f4", 4), TorchDtype("float64", "<f8", 8),
-        TorchDtype("bfloat16", "<u2", 2), TorchDtype("complex64", "<c8", 8),
-        TorchDtype("complex128", "<c16", 16),
-        TorchDtype("int8", "i1", 1), TorchDtype("int16", "<i2", 2), TorchDtype("int32", "<i4", 4),
-        TorchDtype("int64", "<i8", 8), TorchDtype("uint8", "u1", 1), TorchDtype("uint16", "<u2", 2),
-        TorchDtype("uint32", "<u4", 4), TorchDtype("uint64", "<u8", 8), TorchDtype("bool", "?", 1),
-    ]
-}
-_DTYPE_ALIASES = {"half": "float16", "float": "float32", "double": "float64", "cfloat": "complex64",
-                  "cdouble": "complex128", "short": "int16", "int": "int32", "long": "int64"}
+# name, numpy layout in memory ("<u2": bfloat16 bits), bytes per element in the file
+_DTYPES = {n: TorchDtype(n, layout, int(size)) for n, layout, size in (spec.split(":") for spec in """
+    float16:<f2:2 float32:<f4:4 float64:<f8:8 bfloat16:<u2:2 complex64:<c8:8 complex128:<c16:16
+    int8:i1:1 int16:<i2:2 int32:<i4:4 int64:<i8:8 uint8:u1:1 uint16:<u2:2 uint32:<u4:4 uint64:<u8:8
+    bool:?:1""".split())}
+_DTYPES.update({alias: _DTYPES[n] for alias, n in (spec.split(":") for spec in """half:float16 float:float32
+    double:float64 cfloat:complex64 cdouble:complex128 short:int16 int:int32 long:int64""".split())})
 _STORAGE_DTYPES = {  # torch.<Name>Storage -> element dtype
     "HalfStorage": "float16", "FloatStorage": "float32", "DoubleStorage": "float64",
-    "BFloat16Storage": "bfloat16",
-    "ComplexFloatStorage": "complex64", "ComplexDoubleStorage": "complex128", "CharStorage": "int8",
+    "BFloat16Storage": "bfloat16", "ComplexFloatStorage": "complex64", "ComplexDoubleStorage": "complex128",
+    "CharStorage": "int8",
     "ShortStorage": "int16", "IntStorage": "int32", "LongStorage": "int64", "ByteStorage": "uint8",
     "BoolStorage": "bool", "UntypedStorage": "uint8",
 }
@@ -131,9 +126,6 @@ class _PlaceholderMeta(type):
             raise _Refused(f"refusing to call {cls.module}.{cls.name} (not on the allow-list)")
         return cls.__new__(cls, *args, **kwargs)
 
-    def __repr__(cls) -> str:
-        return f"<placeholder class {cls.module}.{cls.name}>"
-
 
 class _Safe:
     """An allow-listed callable as handed to the pickle: it can be called, never modified by BUILD."""
@@ -141,8 +133,7 @@ class _Safe:
     __slots__ = ("_fn", "_qualname")
 
     def __init__(self, fn, qualname: str):
-        self._fn = fn
-        self._qualname = qualname
+        self._fn, self._qualname = fn, qualname
 
     def __call__(self, *args, **kwargs):
         return self._fn(*args, **kwargs)
@@ -151,14 +142,19 @@ class _Safe:
         raise _Refused(f"refusing to modify {self._qualname}")
 
 
-@dataclass
 class _Storage:
     """A torch storage: its bytes and the dtype it was saved with (views per dtype are cached)."""
 
-    raw: np.ndarray | None  # uint8 bytes, None while scanning a legacy file
-    dtype: TorchDtype  # element type the storage was saved as
-    big_endian: bool  # byte order of the file
-    views: dict  # dtype name -> 1-D array of elements in native order (bfloat16: float32)
+    __slots__ = ("raw", "dtype", "big_endian", "views")
+
+    def __init__(self, raw: np.ndarray | None, dtype: TorchDtype, big_endian: bool):
+        self.raw = raw  # uint8 bytes, None while scanning a legacy file
+        self.dtype = dtype  # element type the storage was saved as
+        self.big_endian = big_endian  # byte order of the file
+        self.views: dict[str, np.ndarray] = {}  # dtype name -> 1-D elements, native order (bfloat16: float32)
+
+    def __setstate__(self, state):
+        raise _Refused("refusing to modify a tensor storage")
 
     def elements(self, dtype: TorchDtype, path: str) -> np.ndarray:
         if dtype.name not in self.views:
@@ -175,24 +171,19 @@ class _Storage:
         return self.views[dtype.name]
 
 
-def _torch_dtype(name: str) -> TorchDtype | None:
-    return _DTYPES.get(_DTYPE_ALIASES.get(name, name))
+def _canonical(dtype) -> TorchDtype | None:
+    """Our own record of a dtype the pickle handed back (its copy's fields are never trusted)."""
+    return _DTYPES.get(dtype.name) if isinstance(dtype, TorchDtype) and isinstance(dtype.name, str) else None
 
 
-def _numpy_callables() -> dict[str, object]:
-    """numpy's pickle rebuilders under both the numpy 1 (`numpy.core`) and numpy 2 (`numpy._core`) names."""
-    reconstruct = np.zeros(1).__reduce__()[0]
-    scalar = np.float64(0).__reduce__()[0]
-    frombuffer = np.zeros(1).__reduce_ex__(5)[0]
-    out = {}
-    for core in ("numpy.core", "numpy._core"):
-        out[f"{core}.multiarray._reconstruct"] = reconstruct
-        out[f"{core}.multiarray.scalar"] = scalar
-        out[f"{core}.numeric._frombuffer"] = frombuffer
-    return out
-
-
-_NUMPY_CALLABLES = _numpy_callables()
+# numpy's pickle rebuilders, under the numpy 1 (`numpy.core`) and numpy 2 (`numpy._core`) names
+_NUMPY_CALLABLES = {
+    f"{core}.{name}": fn
+    for core in ("numpy.core", "numpy._core")
+    for name, fn in [("multiarray._reconstruct", np.zeros(1).__reduce__()[0]),
+                     ("multiarray.scalar", np.float64(0).__reduce__()[0]),
+                     ("numeric._frombuffer", np.zeros(1).__reduce_ex__(5)[0])]
+}
 
 
 class _Unpickler(pickle.Unpickler):
@@ -206,13 +197,16 @@ class _Unpickler(pickle.Unpickler):
         self._storages: dict[str, _Storage] = {}
         self.storage_dtypes: dict[str, TorchDtype] = {}  # key -> dtype, filled as persistent ids are seen
         self._classes: dict[str, type] = {}
+        u = "torch._utils."
         self._callables = {
-            "torch._utils._rebuild_tensor": self._rebuild_tensor,
-            "torch._utils._rebuild_tensor_v2": self._rebuild_tensor_v2,
-            "torch._utils._rebuild_tensor_v3": self._rebuild_tensor_v3,
-            "torch._utils._rebuild_parameter": self._rebuild_parameter,
-            "torch._utils._rebuild_parameter_with_state": self._rebuild_parameter,
-            "torch._utils._rebuild_device_tensor_from_numpy": self._rebuild_from_numpy,
+            # (storage, offset, size, stride[, requires_grad, hooks[, dtype (v3)], metadata])
+            u + "_rebuild_tensor": self._tensor,
+            u + "_rebuild_tensor_v2": lambda st, off, size, stride, *_: self._tensor(st, off, size, stride),
+            u + "_rebuild_tensor_v3": lambda st, off, size, stride, _g, _h, dt, *_:
+                self._tensor(st, off, size, stride, dt),
+            u + "_rebuild_parameter": lambda data, *_: data,  # (data, requires_grad, hooks)
+            u + "_rebuild_parameter_with_state": lambda data, *_: data,
+            u + "_rebuild_device_tensor_from_numpy": lambda data, *_: data,  # (array, dtype, device, grad)
             "torch._tensor._rebuild_from_type": self._rebuild_from_type,
             "torch._tensor._rebuild_from_type_v2": self._rebuild_from_type,
             "torch.Size": lambda dims=(): tuple(dims),
@@ -235,19 +229,20 @@ class _Unpickler(pickle.Unpickler):
         if module == "builtins":
             if name in _SAFE_BUILTINS:
                 return _SAFE_BUILTINS[name]
-            raise _Refused(f"refusing to load {qualname}")
+            raise _Refused(f"refusing to call {qualname} (a checkpoint may not run code)")
         if top in _DENIED_MODULES or any(qualname.startswith(d) for d in _DENIED_NAMES):
-            raise _Refused(f"refusing to load {qualname}")
+            raise _Refused(f"refusing to call {qualname} (a checkpoint may not run code)")
         if qualname in self._callables:
             return _Safe(self._callables[qualname], qualname)
         if qualname == "numpy.ndarray":
             return np.ndarray
         if qualname == "numpy.dtype":
             return np.dtype
+        # dtypes are handed out as copies, so that a BUILD on one cannot alter the shared table
         if module in ("torch", "torch.cuda", "torch.storage") and name in _STORAGE_DTYPES:
-            return _DTYPES[_STORAGE_DTYPES[name]]
-        if module == "torch" and _torch_dtype(name) is not None:
-            return _torch_dtype(name)
+            return dataclasses.replace(_DTYPES[_STORAGE_DTYPES[name]])
+        if module == "torch" and name in _DTYPES:
+            return dataclasses.replace(_DTYPES[name])
         if module.startswith("torch._utils") and name.startswith("_rebuild"):
             raise CheckpointError(self._path, f"unsupported tensor type in checkpoint ({qualname})")
         return self._placeholder_class(module, name)
@@ -268,35 +263,36 @@ class _Unpickler(pickle.Unpickler):
             raise CheckpointError(self._path, "pickle refers to tensor storages but is not a torch file")
         storage_type, key, _location, numel = pid[1:5]
         view = pid[5] if len(pid) > 5 else None
-        if not isinstance(storage_type, TorchDtype):
+        if _canonical(storage_type) is None:
             raise CheckpointError(self._path, f"unknown storage type {storage_type!r:.80}")
+        storage_type = _canonical(storage_type)
         key = key.decode("ascii") if isinstance(key, bytes) else str(key)
         if key not in self._storages:
             self.storage_dtypes.setdefault(key, storage_type)
             raw = self._storage_loader(key, storage_type, int(numel))
-            self._storages[key] = _Storage(raw, storage_type, self._big_endian, {})
+            self._storages[key] = _Storage(raw, storage_type, self._big_endian)
         storage = self._storages[key]
         if view is not None:  # legacy storage view: (view_key, offset, size) in elements of the root
-            view_key, offset, size = view
+            view_key, offset, size = str(view[0]), int(view[1]), int(view[2])
             if view_key not in self._storages:
                 raw = None
                 if storage.raw is not None:
                     raw = storage.raw[offset * storage_type.itemsize:(offset + size) * storage_type.itemsize]
-                self._storages[view_key] = _Storage(raw, storage_type, self._big_endian, {})
+                self._storages[view_key] = _Storage(raw, storage_type, self._big_endian)
             storage = self._storages[view_key]
         return storage
 
     # ---- tensors ----------------------------------------------------------------------------------------
     def _tensor(self, storage, offset, size, stride, dtype: TorchDtype | None = None):
-        if not isinstance(storage, _Storage):
+        if not isinstance(storage, _Storage):  # (the scan pass of a legacy file has storage.raw None)
             raise CheckpointError(self._path, f"tensor rebuilt from {type(storage).__name__}, not a storage")
-        dtype = storage.dtype if dtype is None else dtype
-        if not isinstance(dtype, TorchDtype):
-            raise CheckpointError(self._path, f"unknown tensor dtype {dtype!r:.80}")
+        given, dtype = dtype, storage.dtype if dtype is None else _canonical(dtype)
+        if dtype is None:
+            raise CheckpointError(self._path, f"unknown tensor dtype {given!r:.80}")
         shape = tuple(int(s) for s in size)
         strides = tuple(int(s) for s in stride)
         offset = int(offset)
-        if storage.raw is None:  # legacy scan pass: storages are not read yet
+        if storage.raw is None:
             return None
         elements = storage.elements(dtype, self._path)
         if len(strides) != len(shape) or offset < 0 or min(shape + strides, default=0) < 0:
@@ -309,21 +305,6 @@ class _Unpickler(pickle.Unpickler):
         base = elements[offset:] if offset < elements.size else elements[:0]
         item = elements.itemsize
         return np.lib.stride_tricks.as_strided(base, shape, tuple(s * item for s in strides))
-
-    def _rebuild_tensor(self, storage, offset, size, stride):
-        return self._tensor(storage, offset, size, stride)
-
-    def _rebuild_tensor_v2(self, storage, offset, size, stride, requires_grad=False, hooks=None, meta=None):
-        return self._tensor(storage, offset, size, stride)
-
-    def _rebuild_tensor_v3(self, storage, offset, size, stride, requires_grad, hooks, dtype, metadata=None):
-        return self._tensor(storage, offset, size, stride, dtype)
-
-    def _rebuild_parameter(self, data, requires_grad=False, hooks=None, state=None):
-        return data
-
-    def _rebuild_from_numpy(self, data, dtype=None, device=None, requires_grad=False):
-        return data
 
     def _rebuild_from_type(self, func, new_type, args, state=None):
         if not isinstance(func, _Safe):
@@ -357,13 +338,10 @@ def _load_zip(path: str, zf: zipfile.ZipFile):
     if not pkls:
         raise CheckpointError(path, "zip archive without a data.pkl record: not a PyTorch checkpoint")
     root = pkls[0][: -len("data.pkl")]
-    big_endian = False
-    if root + "byteorder" in names:
-        order = zf.read(root + "byteorder").strip()
-        if order not in (b"little", b"big"):
-            raise CheckpointError(path, f"unknown byte order {order[:20]!r}")
-        big_endian = order == b"big"
-    available = set(names)
+    order = zf.read(root + "byteorder").strip() if root + "byteorder" in names else b"little"
+    if order not in (b"little", b"big"):
+        raise CheckpointError(path, f"unknown byte order {order[:20]!r}")
+    big_endian, available = order == b"big", set(names)
 
     def load_storage(key: str, dtype: TorchDtype, numel: int) -> np.ndarray:
         name = f"{root}data/{key}"
@@ -375,13 +353,11 @@ def _load_zip(path: str, zf: zipfile.ZipFile):
             raise CheckpointError(path, f"storage record {name!r} holds {size} bytes, {need} expected")
         raw = np.empty(size, dtype=np.uint8)
         with zf.open(name) as f:
-            got = f.readinto(memoryview(raw))
-        if got != size:
-            raise CheckpointError(path, f"storage record {name!r} is truncated")
+            if f.readinto(memoryview(raw)) != size:
+                raise CheckpointError(path, f"storage record {name!r} is truncated")
         return raw
 
-    data = zf.read(pkls[0])
-    return _Unpickler(io.BytesIO(data), path, load_storage, big_endian).load()
+    return _Unpickler(io.BytesIO(zf.read(pkls[0])), path, load_storage, big_endian).load()
 
 
 def _load_stream(path: str, f):
@@ -408,7 +384,7 @@ def _load_stream(path: str, f):
     keys = _Unpickler(f, path).load()
     if not isinstance(keys, list):
         raise CheckpointError(path, "legacy checkpoint without a storage key list")
-    where: dict[str, tuple[int, int]] = {}
+    where: dict[str, tuple[int, int]] = {}  # key -> (file offset, bytes)
     file_size = os.fstat(f.fileno()).st_size
     for key in keys:
         if key not in scan.storage_dtypes:
@@ -472,10 +448,8 @@ def load(path: str | os.PathLike) -> object:
         raise
     except zipfile.BadZipFile as e:
         raise CheckpointError(path, f"damaged zip archive ({e})") from None
-    except EOFError:
-        raise CheckpointError(path, "truncated file: the pickle data ends early") from None
-    except pickle.UnpicklingError as e:
-        if "truncated" in str(e):
+    except (EOFError, pickle.UnpicklingError) as e:
+        if isinstance(e, EOFError) or "truncated" in str(e):
             raise CheckpointError(path, "truncated file: the pickle data ends early") from None
         raise CheckpointError(path, f"not a PyTorch checkpoint or a damaged one (pickle: {e})") from None
     except Exception as e:  # anything a malformed pickle makes the unpickler or a rebuilder raise
