@@ -1,0 +1,443 @@
+"""Feature retrieval: RVC's faiss ``.index`` files read without faiss, k-NN search and blending in MLX.
+
+RVC trains ``faiss.index_factory(dim, "IVF<n>,Flat")`` on the HuBERT features of the training set
+(``dim`` = 256 for v1 models, 768 for v2), sets ``nprobe = 1`` and writes it with ``faiss.write_index``
+(``added_IVF<n>_Flat_nprobe_1_<name>_<ver>.index``). At inference it reconstructs every stored vector
+(``big_npy = index.reconstruct_n(0, ntotal)``, i.e. in id order), looks up the 8 nearest stored vectors of
+each feature frame and mixes their inverse-squared-distance weighted mean into the features
+(:meth:`FeatureIndex.blend`).
+
+:func:`read_faiss_index` parses faiss's binary layout of that index type directly (no faiss needed):
+
+* ``"IwFl"`` (IndexIVFFlat), then the Index header: ``d`` (int32), ``ntotal`` (int64), two unused int64,
+  ``is_trained`` (uint8), ``metric_type`` (int32; 1 = L2); then ``nlist``, ``nprobe`` (uint64);
+* the coarse quantizer, a full index: ``"IxF2"`` (IndexFlatL2), its header, and the ``nlist`` centroids as a
+  length-prefixed float32 vector;
+* the direct map: type (uint8) and a length-prefixed int64 vector (plus id pairs for a hash table);
+* the inverted lists, ``"ilar"``: ``nlist``, ``code_size`` (uint64), ``"full"`` + every list's size or
+  ``"sprs"`` + (list, size) pairs of the non-empty lists; then per non-empty list its codes (float32
+  vectors, ``code_size`` bytes each) followed by its int64 ids.
+
+Anything else (other index or list types, inner-product metric, inconsistent sizes, a truncated file)
+raises :class:`~rvc_mlx.errors.CheckpointError`.
+
+Search modes of :meth:`FeatureIndex.search` (all return squared L2 distances and ids, ascending):
+
+* ``"exact"`` (default): the true k nearest neighbours over all stored vectors. Distances come from
+  ``||q||² − 2 q·x + ||x||²`` (one GEMM per block of queries); the best ``k + 8`` candidates are then
+  re-scored in float64 (on the CPU stream: small, and float64 is CPU-only in MLX), so
+  the distances (rounded to float32) and their order are those of exact arithmetic, not spoiled by the
+  cancellation in the expansion. faiss sums in float32 (rounding error of about one unit in the last
+  place), so the two can order neighbours differently only where distances tie at float32 precision.
+* ``"ivf"``: faiss's IVF search emulated in MLX. With ``nprobe = 1`` (what RVC stores) faiss only looks in
+  the one inverted list whose centroid is nearest the query, so its neighbours can differ from the exact
+  ones (a true neighbour just across a cluster border is never seen), and when that list holds fewer than
+  ``k`` vectors the missing slots are ids ``-1`` at distance ``FLT_MAX`` (weight 0 in the blend). This mode
+  reproduces that: nearest ``nprobe`` centroids, then exact search restricted to their lists. It gives the
+  same ids as faiss except where distances tie at float32 precision, and is what to use to match RVC's output.
+* ``"faiss"``: the optional ``faiss-cpu`` package itself (imported only here), on an index rebuilt from
+  the parsed arrays (:meth:`FeatureIndex.to_faiss_bytes`).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+
+import mlx.core as mx  # the package __init__ (fast BLAS) has run before any submodule import
+import numpy as np
+
+from rvc_mlx.errors import CheckpointError
+
+SEARCH_MODES = ("exact", "ivf", "faiss")
+FLT_MAX = float(np.finfo(np.float32).max)  # faiss's distance for a missing neighbour (id -1)
+METRIC_L2 = 1  # faiss::METRIC_L2
+_INDEX_DUMMY = 1 << 20  # faiss writes this twice in every index header (former unused fields)
+_REFINE_MARGIN = 8  # extra candidates re-scored exactly, beyond k
+_BLOCK_ELEMENTS = 1 << 24  # distance entries per block of queries (64 MiB of float32)
+
+_KNOWN_FOURCC = {
+    b"IxF2": "IndexFlatL2",
+    b"IxFI": "IndexFlatIP",
+    b"IxFl": "IndexFlat",
+    b"IwPQ": "IndexIVFPQ",
+    b"IwSq": "IndexIVFScalarQuantizer",
+    b"IwSQ": "IndexIVFScalarQuantizer",
+    b"IwFd": "IndexIVFFlatDedup",
+    b"IvFl": "IndexIVFFlat (legacy layout)",
+    b"IHNf": "IndexHNSWFlat",
+    b"IxMp": "IndexIDMap",
+    b"IxM2": "IndexIDMap2",
+    b"IxPT": "IndexPreTransform",
+    b"IxPQ": "IndexPQ",
+}
+
+
+class _Reader:
+    """Sequential little-endian reads from a faiss file, failing cleanly on truncation."""
+
+    def __init__(self, f, path: str):
+        self.f = f
+        self.path = path
+        self.size = os.fstat(f.fileno()).st_size
+
+    def remaining(self) -> int:
+        return self.size - self.f.tell()
+
+    def _need(self, nbytes: int, what: str) -> None:
+        if nbytes > self.remaining():
+            raise CheckpointError(self.path, f"truncated faiss index: {what} needs {nbytes} bytes at offset "
+                                             f"{self.f.tell()}, only {self.remaining()} left")
+
+    def bytes(self, n: int, what: str) -> bytes:
+        self._need(n, what)
+        return self.f.read(n)
+
+    def unpack(self, fmt: str, what: str):
+        return struct.unpack("<" + fmt, self.bytes(struct.calcsize("<" + fmt), what))
+
+    def array(self, dtype: str, count: int, what: str) -> np.ndarray:
+        dt = np.dtype(dtype)
+        self._need(count * dt.itemsize, what)
+        return np.fromfile(self.f, dtype=dt, count=count)
+
+    def vector(self, dtype: str, what: str) -> np.ndarray:
+        (count,) = self.unpack("Q", what + " length")
+        return self.array(dtype, count, what)
+
+
+def _fourcc_problem(h: bytes, expected: str) -> str:
+    if h[:2] == b"PK":
+        return "this is a zip archive (a PyTorch .pth?), not a faiss index"
+    if h == b"\x93NUM":
+        return "this is a NumPy .npy file, not a faiss index"
+    name = _KNOWN_FOURCC.get(h)
+    if name is not None:
+        return f"unsupported faiss index type {h.decode()!r} ({name}); only {expected} is read"
+    if all(32 <= c < 127 for c in h):
+        return f"unsupported faiss index type {h.decode()!r}; only {expected} is read"
+    return f"not a faiss index (starts with {h!r}); only {expected} is read"
+
+
+def _read_header(r: _Reader, what: str) -> tuple[int, int, int]:
+    """Index header -> (d, ntotal, metric_type)."""
+    d, ntotal, dummy1, dummy2, is_trained, metric = r.unpack("iqqqBi", what + " header")
+    if d <= 0 or ntotal < 0:
+        raise CheckpointError(r.path, f"{what}: bad dimensions d={d}, ntotal={ntotal}")
+    if dummy1 != _INDEX_DUMMY or dummy2 != _INDEX_DUMMY or is_trained > 1:
+        raise CheckpointError(r.path, f"{what}: corrupt header")
+    if metric != METRIC_L2:
+        raise CheckpointError(r.path, f"{what}: metric type {metric} is not supported (only L2 = 1)")
+    if not is_trained:
+        raise CheckpointError(r.path, f"{what}: index was never trained")
+    return d, ntotal, metric
+
+
+def read_faiss_index(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Parse an RVC faiss IVF-Flat ``.index`` file.
+
+    Returns ``vectors`` (ntotal, d) float32 in id order (= ``reconstruct_n(0, ntotal)``), ``centroids``
+    (nlist, d) float32, ``assign`` (ntotal,) int32 (inverted list of each vector) and ``nprobe`` (1,) int64.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(path, "no such index file")
+    with open(path, "rb") as f:
+        r = _Reader(f, path)
+        h = r.bytes(4, "index type") if r.size >= 4 else b""
+        if len(h) < 4:
+            raise CheckpointError(path, "empty or truncated faiss index")
+        if h != b"IwFl":
+            raise CheckpointError(path, _fourcc_problem(h, "IVF-Flat ('IwFl')"))
+        d, ntotal, _ = _read_header(r, "IVF index")
+        nlist, nprobe = r.unpack("QQ", "IVF nlist/nprobe")
+        if nlist == 0 or nprobe == 0:
+            raise CheckpointError(path, f"bad IVF parameters nlist={nlist}, nprobe={nprobe}")
+        qh = r.bytes(4, "quantizer type")
+        if qh not in (b"IxF2", b"IxFl"):
+            raise CheckpointError(path, "quantizer: " + _fourcc_problem(qh, "a flat L2 quantizer ('IxF2')"))
+        qd, qn, _ = _read_header(r, "quantizer")
+        centroids = r.vector("<f4", "centroids")
+        if qd != d or qn != nlist or centroids.size != nlist * d:
+            raise CheckpointError(path, f"quantizer holds {qn} centroids of dim {qd} ({centroids.size} "
+                                        f"values) but the IVF index has nlist={nlist}, d={d}")
+        (map_type,) = r.unpack("B", "direct map type")
+        if map_type > 2:
+            raise CheckpointError(path, f"unknown direct map type {map_type}")
+        r.vector("<i8", "direct map")
+        if map_type == 2:
+            r.vector("V16", "direct map hash table")  # (id, offset) int64 pairs
+        lh = r.bytes(4, "inverted lists type")
+        if lh != b"ilar":
+            raise CheckpointError(path, f"unsupported inverted lists {lh!r}: only in-memory 'ilar' lists "
+                                        "are read")
+        il_nlist, code_size = r.unpack("QQ", "inverted lists header")
+        if il_nlist != nlist or code_size != 4 * d:
+            raise CheckpointError(path, f"inverted lists have nlist={il_nlist}, code_size={code_size}; "
+                                        f"expected {nlist} and {4 * d}")
+        layout = r.bytes(4, "inverted lists layout")
+        sizes = np.zeros(nlist, dtype=np.int64)
+        if layout == b"full":
+            raw = r.vector("<u8", "list sizes")
+            if raw.size != nlist:
+                raise CheckpointError(path, f"{raw.size} list sizes for {nlist} lists")
+            sizes[:] = raw
+        elif layout == b"sprs":
+            raw = r.vector("<u8", "sparse list sizes")
+            if raw.size % 2 or (raw[0::2] >= nlist).any():
+                raise CheckpointError(path, "corrupt sparse inverted list sizes")
+            sizes[raw[0::2].astype(np.int64)] = raw[1::2]
+        else:
+            raise CheckpointError(path, f"unknown inverted lists layout {layout!r}")
+        if sizes.sum() != ntotal:
+            raise CheckpointError(path, f"inverted lists hold {int(sizes.sum())} vectors, the header says "
+                                        f"{ntotal}")
+        vectors = np.empty((ntotal, d), dtype=np.float32)
+        assign = np.full(ntotal, -1, dtype=np.int32)
+        for list_no in np.flatnonzero(sizes):  # loop over clusters, not vectors
+            n = int(sizes[list_no])
+            codes = r.array("<f4", n * d, f"codes of list {list_no}").reshape(n, d)  # (n, d)
+            ids = r.array("<i8", n, f"ids of list {list_no}")
+            if ids.min() < 0 or ids.max() >= ntotal or (assign[ids] >= 0).any():
+                raise CheckpointError(path, f"list {list_no}: ids are not a permutation of 0..ntotal-1")
+            assign[ids] = list_no
+            vectors[ids] = codes
+        if (assign < 0).any():
+            raise CheckpointError(path, "inverted lists repeat some ids and miss others")
+        if r.remaining():
+            raise CheckpointError(path, f"{r.remaining()} unexpected bytes after the inverted lists")
+    return {"vectors": vectors, "centroids": centroids.reshape(nlist, d), "assign": assign,
+            "nprobe": np.array([nprobe], dtype=np.int64)}
+
+
+def _validate(arrays: dict, path: str | None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, int]:
+    """Check the arrays of an index; return (vectors, centroids, assign, nprobe) as float32/int32/int."""
+    vectors = np.asarray(arrays["vectors"])
+    if vectors.ndim != 2 or vectors.shape[0] < 1 or vectors.shape[1] < 1 or vectors.dtype.kind != "f":
+        raise CheckpointError(path, f"index vectors must be a non-empty (ntotal, dim) float array, "
+                                    f"got {vectors.dtype} {vectors.shape}")
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if not np.isfinite(vectors).all():
+        raise CheckpointError(path, "index vectors contain NaN or infinity")
+    has_c, has_a = "centroids" in arrays, "assign" in arrays
+    if has_c != has_a:
+        raise CheckpointError(path, "index arrays need both 'centroids' and 'assign' or neither")
+    centroids = assign = None
+    if has_c:
+        centroids = np.ascontiguousarray(arrays["centroids"], dtype=np.float32)
+        assign = np.asarray(arrays["assign"])
+        if centroids.ndim != 2 or centroids.shape[0] < 1 or centroids.shape[1] != vectors.shape[1]:
+            raise CheckpointError(path, f"centroids {centroids.shape} do not match vectors {vectors.shape}")
+        if not np.isfinite(centroids).all():
+            raise CheckpointError(path, "index centroids contain NaN or infinity")
+        if assign.shape != (vectors.shape[0],) or assign.dtype.kind not in "iu":
+            raise CheckpointError(path, f"assign must be ({vectors.shape[0]},) integers, got "
+                                        f"{assign.dtype} {assign.shape}")
+        if assign.min() < 0 or assign.max() >= centroids.shape[0]:
+            raise CheckpointError(path, f"assign holds list numbers outside 0..{centroids.shape[0] - 1}")
+        assign = assign.astype(np.int32)
+    nprobe = int(np.asarray(arrays.get("nprobe", 1)).reshape(-1)[0])
+    if nprobe < 1:
+        raise CheckpointError(path, f"nprobe must be >= 1, got {nprobe}")
+    return vectors, centroids, assign, nprobe
+
+
+class FeatureIndex:
+    """Stored feature vectors (ntotal, dim), optionally with their IVF clustering, searchable in MLX.
+
+    ``vectors`` (ntotal, dim) are in id order, ``centroids`` (nlist, dim) are the IVF cluster centres and
+    ``assign`` (ntotal,) the cluster (inverted list) of every vector; ``nprobe`` is how many clusters faiss
+    visits per query. Squared norms are computed once here, not per search.
+    """
+
+    def __init__(self, vectors, centroids=None, assign=None, nprobe: int = 1, path=None):
+        arrays = {"vectors": vectors, "nprobe": nprobe}
+        if centroids is not None or assign is not None:
+            arrays.update(centroids=centroids, assign=assign)
+        self.path = None if path is None else os.fspath(path)
+        vectors, centroids, assign, self.nprobe = _validate(arrays, self.path)
+        self.ntotal, self.dim = vectors.shape
+        self.vectors = mx.array(vectors)  # (ntotal, dim)
+        self.sq_norms = mx.sum(self.vectors * self.vectors, axis=1)  # (ntotal,)
+        self.centroids = self.centroid_sq_norms = self.assign = None
+        if centroids is not None:
+            self.centroids = mx.array(centroids)  # (nlist, dim)
+            self.centroid_sq_norms = mx.sum(self.centroids * self.centroids, axis=1)  # (nlist,)
+            self.assign = mx.array(assign)  # (ntotal,) int32
+        mx.eval(self.vectors, self.sq_norms)
+        self._faiss = None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> FeatureIndex:
+        """Read an RVC faiss ``.index`` file (no faiss needed)."""
+        return cls.from_arrays(read_faiss_index(path), path=path)
+
+    @classmethod
+    def from_arrays(cls, arrays: dict, path=None) -> FeatureIndex:
+        """Inverse of :meth:`to_arrays`. ``centroids``/``assign``/``nprobe`` are optional (without them only
+        exact search works)."""
+        if "vectors" not in arrays:
+            raise CheckpointError(path, "index arrays have no 'vectors'")
+        return cls(arrays["vectors"], arrays.get("centroids"), arrays.get("assign"), arrays.get("nprobe", 1),
+                   path=path)
+
+    @property
+    def nlist(self) -> int:
+        """Number of IVF clusters (0 when the index has no clustering)."""
+        return 0 if self.centroids is None else self.centroids.shape[0]
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """``vectors`` (ntotal, dim) f32, and if clustered ``centroids`` (nlist, dim) f32, ``assign``
+        (ntotal,) int32, ``nprobe`` (1,) int64: everything needed to rebuild this index."""
+        out = {"vectors": np.array(self.vectors), "nprobe": np.array([self.nprobe], dtype=np.int64)}
+        if self.centroids is not None:
+            out["centroids"] = np.array(self.centroids)
+            out["assign"] = np.array(self.assign)
+        return out
+
+    def to_faiss_bytes(self) -> bytes:
+        """This index in faiss's IVF-Flat file layout (what ``faiss.write_index`` writes for RVC's index,
+        byte for byte when the vectors were added in id order)."""
+        if self.centroids is None:
+            raise CheckpointError(self.path, "this index has no IVF clustering to write as a faiss index")
+        d, nlist = self.dim, self.nlist
+        vectors, centroids = np.array(self.vectors), np.array(self.centroids)
+        assign = np.array(self.assign)
+
+        def header(ntotal: int) -> bytes:
+            return struct.pack("<iqqqBi", d, ntotal, _INDEX_DUMMY, _INDEX_DUMMY, 1, METRIC_L2)
+
+        buf = io.BytesIO()
+        buf.write(b"IwFl" + header(self.ntotal) + struct.pack("<QQ", nlist, self.nprobe))
+        buf.write(b"IxF2" + header(nlist) + struct.pack("<Q", nlist * d) + centroids.astype("<f4").tobytes())
+        buf.write(struct.pack("<BQ", 0, 0))  # no direct map
+        buf.write(b"ilar" + struct.pack("<QQ", nlist, 4 * d))
+        sizes = np.bincount(assign, minlength=nlist)
+        nonempty = np.flatnonzero(sizes)
+        if len(nonempty) > nlist // 2:
+            buf.write(b"full" + struct.pack("<Q", nlist) + sizes.astype("<u8").tobytes())
+        else:
+            pairs = np.stack([nonempty, sizes[nonempty]], axis=1).astype("<u8")  # (m, 2): list, size
+            buf.write(b"sprs" + struct.pack("<Q", pairs.size) + pairs.tobytes())
+        order = np.argsort(assign, kind="stable")  # ids grouped by list, ascending within a list
+        starts = np.concatenate([[0], np.cumsum(sizes)])
+        for list_no in nonempty:  # loop over clusters, not vectors
+            ids = order[starts[list_no]:starts[list_no + 1]]
+            buf.write(vectors[ids].astype("<f4").tobytes())
+            buf.write(ids.astype("<i8").tobytes())
+        return buf.getvalue()
+
+    # ------------------------------------------------------------------ search
+
+    def _query(self, query) -> mx.array:
+        q = query if isinstance(query, mx.array) else mx.array(np.asarray(query))
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise CheckpointError(self.path, f"index holds {self.dim}-d vectors but the query is "
+                                             f"{tuple(q.shape)} (v1 models use 256-d features, v2 768-d)")
+        return q.astype(mx.float32)
+
+    def search(self, query, k: int = 8, mode: str = "exact") -> tuple[mx.array, mx.array]:
+        """k nearest stored vectors of each query row.
+
+        query (N, dim) -> (distances (N, k) float32 squared L2, ascending; ids (N, k) int32). Missing
+        neighbours (fewer than k candidates) are id -1 at distance FLT_MAX, as in faiss. ``mode``: see the
+        module docstring.
+        """
+        if mode not in SEARCH_MODES:
+            raise ValueError(f"mode must be one of {SEARCH_MODES}, got {mode!r}")
+        k = int(k)
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        q = self._query(query)
+        if mode == "faiss":
+            return self._search_faiss(q, k)
+        ivf = mode == "ivf"
+        if ivf and self.centroids is None:
+            raise CheckpointError(self.path, "this index has no IVF clustering; use mode='exact'")
+        n_cand = min(k + _REFINE_MARGIN, self.ntotal)
+        rows = max(1, _BLOCK_ELEMENTS // max(self.ntotal, n_cand * self.dim, self.nlist))
+        dists, ids = [], []
+        for start in range(0, q.shape[0], rows):  # blocks of queries bound the (rows, ntotal) distances
+            d, i = self._search_block(q[start:start + rows], k, n_cand, ivf)
+            mx.eval(d, i)
+            dists.append(d)
+            ids.append(i)
+        if not dists:
+            return mx.zeros((0, k), dtype=mx.float32), mx.zeros((0, k), dtype=mx.int32)
+        return mx.concatenate(dists, axis=0), mx.concatenate(ids, axis=0)
+
+    def _search_block(self, q: mx.array, k: int, n_cand: int, ivf: bool) -> tuple[mx.array, mx.array]:
+        qn = mx.sum(q * q, axis=1, keepdims=True)  # (n, 1)
+        d2 = qn - 2 * (q @ self.vectors.T) + self.sq_norms  # (n, ntotal)
+        if ivf:
+            cd = qn - 2 * (q @ self.centroids.T) + self.centroid_sq_norms  # (n, nlist)
+            nprobe = min(self.nprobe, self.nlist)
+            if nprobe == 1:
+                lists = mx.argmin(cd, axis=1, keepdims=True)  # (n, 1)
+            else:
+                lists = mx.argpartition(cd, kth=nprobe - 1, axis=1)[:, :nprobe]  # (n, nprobe)
+            probed = mx.put_along_axis(mx.zeros(cd.shape, dtype=mx.bool_), lists, mx.array(True), axis=1)
+            member = mx.take(probed, self.assign, axis=1)  # (n, ntotal): vector lies in a probed list
+            d2 = mx.where(member, d2, mx.inf)
+        cand = mx.argpartition(d2, kth=n_cand - 1, axis=1)[:, :n_cand]  # (n, n_cand)
+        with mx.stream(mx.cpu):  # float64 (CPU only): x − q is exact, (x − q)² rounded at 1e-16
+            diff = (mx.take(self.vectors, cand, axis=0).astype(mx.float64)
+                    - q.astype(mx.float64)[:, None, :])  # (n, n_cand, dim)
+            exact = mx.sum(diff * diff, axis=-1)  # (n, n_cand): distances as exact arithmetic gives them
+            if ivf:
+                exact = mx.where(mx.take_along_axis(member, cand, axis=1), exact, mx.inf)
+            order = mx.argsort(exact, axis=1)[:, :k]  # ordered before rounding: float32 ties keep their order
+            dist = mx.take_along_axis(exact, order, axis=1).astype(mx.float32)
+            ids = mx.take_along_axis(cand, order, axis=1).astype(mx.int32)
+        missing = dist == mx.inf
+        ids = mx.where(missing, -1, ids)
+        dist = mx.where(missing, FLT_MAX, dist)
+        if n_cand < k:  # fewer stored vectors than k
+            pad = k - n_cand
+            dist = mx.concatenate([dist, mx.full((dist.shape[0], pad), FLT_MAX, dtype=mx.float32)], axis=1)
+            ids = mx.concatenate([ids, mx.full((ids.shape[0], pad), -1, dtype=mx.int32)], axis=1)
+        return dist, ids
+
+    def _search_faiss(self, q: mx.array, k: int) -> tuple[mx.array, mx.array]:
+        if self._faiss is None:
+            if self.centroids is None:
+                raise CheckpointError(self.path, "this index has no IVF clustering; use mode='exact'")
+            try:
+                import faiss
+            except ImportError as e:
+                raise ImportError("search mode 'faiss' needs the optional faiss-cpu package "
+                                  "(pip install 'rvc-mlx[faiss]'); mode 'ivf' gives the same neighbours "
+                                  "without it") from e
+            self._faiss = faiss.deserialize_index(np.frombuffer(self.to_faiss_bytes(), dtype=np.uint8))
+        dist, ids = self._faiss.search(np.ascontiguousarray(np.array(q), dtype=np.float32), k)
+        return mx.array(dist), mx.array(ids.astype(np.int32))
+
+    # ------------------------------------------------------------------ blend
+
+    def blend(self, features, index_rate: float, k: int = 8, mode: str = "exact") -> mx.array:
+        """RVC's retrieval blend (``Pipeline.vc`` in rvc/modules/vc/pipeline.py).
+
+        features (T, dim) -> (T, dim) of the same dtype. Each frame's k neighbours are averaged with weights
+        ``1/distance²`` (normalised per frame) and mixed in: ``mean * index_rate + (1 - index_rate) *
+        features``. Search and averaging run in float32; as in RVC's half mode, float16 features get the
+        float32 mean cast to float16 before mixing. ``index_rate == 0`` returns the features unchanged.
+        A query equal to a stored vector (distance 0) gives NaN, exactly like RVC.
+        """
+        index_rate = float(index_rate)
+        if not 0.0 <= index_rate <= 1.0:
+            raise ValueError(f"index_rate must be in [0, 1], got {index_rate}")
+        feats = features if isinstance(features, mx.array) else mx.array(np.asarray(features))
+        if index_rate == 0:
+            return feats
+        score, ix = self.search(feats.astype(mx.float32), k=k, mode=mode)  # (T, k) each
+        weight = mx.square(1 / score)
+        weight = weight / mx.sum(weight, axis=1, keepdims=True)
+        npy = mx.sum(mx.take(self.vectors, ix, axis=0) * weight[..., None], axis=1)  # (T, dim); id -1 wraps
+        npy = npy.astype(feats.dtype)
+        return npy * index_rate + (1 - index_rate) * feats
+
+
+def load_index(path: str | os.PathLike) -> FeatureIndex:
+    """Read an RVC faiss ``.index`` file into a :class:`FeatureIndex`."""
+    return FeatureIndex.load(path)
