@@ -147,7 +147,10 @@ class Conv1d(nn.Module):
         # frames of s samples: tap group j of output i reads frame i + j, so zero-pad to whole frames.
         n_frames = t_out + q - 1 if s > 1 else t_out + d * (k - 1)
         right = n_frames * s - t - p
-        x = mx.pad(x, [(0, 0), (p, max(right, 0)), (0, 0)])[:, : n_frames * s]
+        if p > 0 or right > 0:
+            x = mx.pad(x, [(0, 0), (p, max(right, 0)), (0, 0)])
+        if right < 0:
+            x = x[:, : n_frames * s]
         x = x.reshape(b, n_frames, s * c_in)  # (B, frames, s·C_in)
         if g > 1:
             x = x.reshape(b, n_frames, s, g, c_in // g).transpose(0, 3, 1, 2, 4)

@@ -1,0 +1,198 @@
+"""RVC's prior encoder `enc_p`: content features (+ coarse pitch) -> prior mean and log-std, channels-last.
+
+A VITS-style transformer encoder with relative-position self-attention (window 10, one set of relative
+embeddings shared by all heads) and convolutional FFNs, matching `rvc.lib.infer_pack.attentions.Encoder` and
+`models.TextEncoder256/768`. Submodule names equal the upstream state-dict names.
+"""
+
+from __future__ import annotations
+
+import math
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from rvc_mlx.models.conv import Conv1d
+
+WINDOW_SIZE = 10  # relative-attention window of the RVC encoder, in frames on each side
+PITCH_BINS = 256  # coarse pitch vocabulary of `emb_pitch`
+LRELU_SLOPE = 0.1  # leaky ReLU slope of RVC's modules (HiFi-GAN, text encoder)
+
+
+class LayerNorm(nn.Module):
+    """Layer norm over channels with RVC's parameter names (`gamma`, `beta`), eps 1e-5. (B, T, C) -> same."""
+
+    def __init__(self, channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps  # variance floor
+        self.gamma = mx.ones((channels,))
+        self.beta = mx.zeros((channels,))
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return mx.fast.layer_norm(x, self.gamma, self.beta, self.eps)
+
+
+def _band_indices(length: int, window: int) -> tuple[mx.array, mx.array, mx.array, mx.array]:
+    """Index maps between absolute (T, T) and banded relative (T, 2·window+1) attention positions.
+
+    Returns (rel_of_abs, abs_valid, abs_of_rel, rel_valid): entry [i, j] of `rel_of_abs` is the relative slot
+    j − i + window of key j for query i (valid where |j − i| <= window); entry [i, r] of `abs_of_rel` is the
+    key i + r − window that relative slot r of query i points at (valid where that key exists).
+    """
+    i = mx.arange(length)[:, None]
+    j = mx.arange(length)[None, :]
+    offset = j - i  # (T, T)
+    abs_valid = mx.abs(offset) <= window
+    rel_of_abs = mx.clip(offset + window, 0, 2 * window)
+    r = mx.arange(2 * window + 1)[None, :]
+    key = i + r - window  # (T, 2W+1)
+    rel_valid = (key >= 0) & (key < length)
+    abs_of_rel = mx.clip(key, 0, length - 1)
+    return rel_of_abs, abs_valid, abs_of_rel, rel_valid
+
+
+class MultiHeadAttention(nn.Module):
+    """Self-attention with shared relative-position keys and values (`attentions.MultiHeadAttention`)."""
+
+    def __init__(self, channels: int, out_channels: int, n_heads: int, window_size: int = WINDOW_SIZE):
+        super().__init__()
+        if channels % n_heads:
+            raise ValueError(f"channels {channels} not divisible by n_heads {n_heads}")
+        self.n_heads = n_heads  # attention heads
+        self.k_channels = channels // n_heads  # channels per head
+        self.window_size = window_size  # relative positions -window..window have embeddings
+        self.conv_q = Conv1d(channels, channels, 1)
+        self.conv_k = Conv1d(channels, channels, 1)
+        self.conv_v = Conv1d(channels, channels, 1)
+        self.conv_o = Conv1d(channels, out_channels, 1)
+        rel_std = self.k_channels**-0.5
+        self.emb_rel_k = mx.random.normal((1, 2 * window_size + 1, self.k_channels)) * rel_std
+        self.emb_rel_v = mx.random.normal((1, 2 * window_size + 1, self.k_channels)) * rel_std
+
+    def _heads(self, x: mx.array) -> mx.array:
+        b, t, _ = x.shape
+        return x.reshape(b, t, self.n_heads, self.k_channels).transpose(0, 2, 1, 3)  # (B, H, T, d)
+
+    def __call__(self, x: mx.array, key_mask: mx.array | None) -> mx.array:
+        """x: (B, T, C); key_mask: (B, T) bool (False = padding) or None -> (B, T, C_out)."""
+        b, t, c = x.shape
+        w = self.window_size
+        q = self._heads(self.conv_q(x)) / math.sqrt(self.k_channels)  # (B, H, T, d), pre-scaled
+        k = self._heads(self.conv_k(x))
+        v = self._heads(self.conv_v(x))
+        rel_of_abs, abs_valid, abs_of_rel, rel_valid = _band_indices(t, w)
+
+        scores = q @ k.transpose(0, 1, 3, 2)  # (B, H, T, T)
+        rel_logits = q @ self.emb_rel_k[0].T  # (B, H, T, 2W+1): query i against relative slot r
+        local = mx.take_along_axis(rel_logits, mx.broadcast_to(rel_of_abs, (b, self.n_heads, t, t)), axis=-1)
+        scores = scores + mx.where(abs_valid, local, 0.0)
+        if key_mask is not None:
+            pair = key_mask[:, None, :, None] & key_mask[:, None, None, :]  # (B, 1, T, T)
+            scores = mx.where(pair, scores, -1e4)
+        p_attn = mx.softmax(scores, axis=-1)  # (B, H, T, T)
+
+        out = p_attn @ v  # (B, H, T, d)
+        banded = mx.take_along_axis(
+            p_attn, mx.broadcast_to(abs_of_rel, (b, self.n_heads, t, 2 * w + 1)), axis=-1
+        )
+        banded = mx.where(rel_valid, banded, 0.0)  # (B, H, T, 2W+1): weight of relative slot r
+        out = out + banded @ self.emb_rel_v[0]
+        out = out.transpose(0, 2, 1, 3).reshape(b, t, c)  # (B, T, C), channel = head·d + i
+        return self.conv_o(out)
+
+
+class FFN(nn.Module):
+    """Two "same"-padded convolutions with ReLU, masked (`attentions.FFN`, non-causal). (B, T, C) -> same."""
+
+    def __init__(self, in_channels: int, out_channels: int, filter_channels: int, kernel_size: int):
+        super().__init__()
+        self.kernel_size = kernel_size  # taps of both convolutions
+        self.conv_1 = Conv1d(in_channels, filter_channels, kernel_size)
+        self.conv_2 = Conv1d(filter_channels, out_channels, kernel_size)
+
+    def _pad(self, x: mx.array) -> mx.array:
+        if self.kernel_size == 1:
+            return x
+        left, right = (self.kernel_size - 1) // 2, self.kernel_size // 2
+        return mx.pad(x, [(0, 0), (left, right), (0, 0)])
+
+    def __call__(self, x: mx.array, mask: mx.array) -> mx.array:
+        """x: (B, T, C_in), mask: (B, T, 1) float -> (B, T, C_out)."""
+        x = nn.relu(self.conv_1(self._pad(x * mask)))
+        x = self.conv_2(self._pad(x * mask))
+        return x * mask
+
+
+class Encoder(nn.Module):
+    """`attentions.Encoder`: n_layers × (relative self-attention, LayerNorm, FFN, LayerNorm), post-norm."""
+
+    def __init__(
+        self, hidden_channels: int, filter_channels: int, n_heads: int, n_layers: int, kernel_size: int
+    ):
+        super().__init__()
+        self.attn_layers = [
+            MultiHeadAttention(hidden_channels, hidden_channels, n_heads) for _ in range(n_layers)
+        ]
+        self.norm_layers_1 = [LayerNorm(hidden_channels) for _ in range(n_layers)]
+        self.ffn_layers = [
+            FFN(hidden_channels, hidden_channels, filter_channels, kernel_size) for _ in range(n_layers)
+        ]
+        self.norm_layers_2 = [LayerNorm(hidden_channels) for _ in range(n_layers)]
+
+    def __call__(self, x: mx.array, mask: mx.array, key_mask: mx.array | None) -> mx.array:
+        """x: (B, T, C); mask: (B, T, 1) float; key_mask: (B, T) bool or None when nothing is padded."""
+        x = x * mask
+        for attn, norm_1, ffn, norm_2 in zip(
+            self.attn_layers, self.norm_layers_1, self.ffn_layers, self.norm_layers_2, strict=True
+        ):
+            x = norm_1(x + attn(x, key_mask))
+            x = norm_2(x + ffn(x, mask))
+        return x * mask
+
+
+class TextEncoder(nn.Module):
+    """`enc_p`: content (B, T, C_content) [+ coarse pitch (B, T)] -> m, logs (B, T, out_channels), mask."""
+
+    def __init__(
+        self,
+        content_channels: int,
+        out_channels: int,
+        hidden_channels: int,
+        filter_channels: int,
+        n_heads: int,
+        n_layers: int,
+        kernel_size: int,
+        f0: bool,
+    ):
+        super().__init__()
+        self.out_channels = out_channels  # channels of m and of logs
+        self.hidden_channels = hidden_channels  # transformer width
+        self.emb_phone = nn.Linear(content_channels, hidden_channels)
+        if f0:
+            self.emb_pitch = nn.Embedding(PITCH_BINS, hidden_channels)
+        self.encoder = Encoder(hidden_channels, filter_channels, n_heads, n_layers, kernel_size)
+        self.proj = Conv1d(hidden_channels, out_channels * 2, 1)
+
+    def __call__(
+        self, content: mx.array, pitch: mx.array | None, lengths: mx.array | None
+    ) -> tuple[mx.array, mx.array, mx.array]:
+        """content (B, T, C_content) float, pitch (B, T) int in [0, 256) or None, lengths (B,) frames or None
+        (all T) -> m (B, T, C_out), logs (B, T, C_out), mask (B, T, 1) float."""
+        b, t, _ = content.shape
+        x = self.emb_phone(content)
+        if pitch is not None:
+            if "emb_pitch" not in self:
+                raise ValueError("this voice has no pitch embedding (f0=0): pass pitch=None")
+            x = x + self.emb_pitch(pitch)
+        elif "emb_pitch" in self:
+            raise ValueError("this voice needs coarse pitch (f0=1)")
+        x = nn.leaky_relu(x * math.sqrt(self.hidden_channels), LRELU_SLOPE)  # (B, T, H)
+        if lengths is None:
+            key_mask = None
+            mask = mx.ones((b, t, 1), dtype=x.dtype)
+        else:
+            key_mask = mx.arange(t)[None, :] < lengths[:, None]  # (B, T) bool
+            mask = key_mask[..., None].astype(x.dtype)  # (B, T, 1)
+        x = self.encoder(x * mask, mask, key_mask)
+        stats = self.proj(x) * mask
+        return stats[..., : self.out_channels], stats[..., self.out_channels :], mask
