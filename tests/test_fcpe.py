@@ -187,6 +187,22 @@ def test_f0_on_white_noise_and_silence(reference, ours):
     assert agree >= 0.995
 
 
+def test_cpu_sigmoid_matches_float64():
+    """The arithmetic exp used for the sigmoids on the CPU back end: ~1 ulp, saturating cleanly."""
+    from rvc_mlx.models.fcpe import _exp_arith, _sigmoid
+
+    x = np.concatenate([np.linspace(-200, 200, 200001), [-87.0, 88.0, 0.0, -1e-8]]).astype(np.float32)
+    exact = 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
+    with mx.stream(mx.cpu):
+        got = np.array(_sigmoid(mx.array(x)))
+        inner = x[np.abs(x) <= 87]
+        exp_got = np.array(_exp_arith(mx.array(inner))).astype(np.float64)
+    assert np.max(np.abs(got - exact)) <= 1.2e-7
+    exp_exact = np.exp(inner.astype(np.float64))
+    assert np.max(np.abs(exp_got - exp_exact) / exp_exact) <= 3e-7
+    assert np.all(np.isfinite(got)) and got.min() >= 0 and got.max() <= 1
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Accuracy on known pitch
 # ---------------------------------------------------------------------------------------------------------
