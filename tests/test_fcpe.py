@@ -7,6 +7,7 @@ known pitch: RPA (within 50 cents) >= 95 %, voicing recall >= 95 % and precision
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -27,6 +28,7 @@ torchfcpe = pytest.importorskip("torchfcpe")
 
 SR = 16000
 HOP = 160
+SPEECH = os.path.join(os.path.dirname(__file__), "data", "speech_16k.wav")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -178,6 +180,24 @@ def test_f0_matches_torchfcpe(reference, ours, signal, kwargs):
     assert median <= 1.0 and p99 <= 5.0
 
 
+@pytest.mark.skipif(not os.path.isfile(SPEECH), reason="tests/data/speech_16k.wav not present")
+def test_speech_matches_torchfcpe(reference, ours):
+    import soundfile
+
+    audio, sr = soundfile.read(SPEECH, dtype="float32")
+    assert sr == SR and audio.ndim == 1
+    with torch.no_grad():
+        ref_salience = reference.model(reference.wav2mel(torch.from_numpy(audio)[None, :, None], SR)).numpy()
+    salience = np.array(ours(ours.mel(mx.array(audio)[None])))
+    got = fcpe_f0(audio, model=ours, f0_max=None)
+    agree, median, p99 = _compare_f0(got, _ref_f0(reference, audio, threshold=0.006))
+    err = rel_err(salience, ref_salience)
+    print(f"\nFCPE speech: salience rel_err {err:.1e}, voicing agree {agree:.4f}, "
+          f"cents median {median:.2e} p99 {p99:.2e}, voiced {np.mean(got > 0):.2f}")
+    assert err <= 1e-4
+    assert agree >= 0.995 and median <= 1.0 and p99 <= 5.0
+
+
 def test_f0_on_white_noise_and_silence(reference, ours):
     """Unvoiced-heavy input: the thresholded decisions must agree too."""
     rng = np.random.default_rng(7)
@@ -282,6 +302,14 @@ def test_native_round_trip(tmp_path, ours, signal):
     assert ckpt.load_fcpe(path) is loaded  # cached
     with pytest.raises(CheckpointError):
         load_native(path, "rmvpe")
+
+
+def test_default_checkpoint_lookup(tmp_path, monkeypatch):
+    """The models directory is searched first, then the copy inside the torchfcpe package."""
+    monkeypatch.setenv("RVC_MLX_HOME", str(tmp_path))
+    assert ckpt.default_checkpoint_path() == ckpt.bundled_checkpoint_path()
+    (tmp_path / ckpt.BUNDLED_NAME).symlink_to(ckpt.bundled_checkpoint_path())
+    assert ckpt.default_checkpoint_path() == tmp_path / ckpt.BUNDLED_NAME
 
 
 def test_bad_checkpoints_raise_checkpoint_error(tmp_path):

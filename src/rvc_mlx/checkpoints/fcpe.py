@@ -173,14 +173,26 @@ def convert_fcpe_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> N
     save_native(dst, params, kind=NATIVE_KIND, meta={"config": _config_meta(config)}, source=src)
 
 
+def default_checkpoint_path() -> Path | None:
+    """`<models dir>/fcpe_c_v001.pt` if present, else torchfcpe's bundled copy if installed, else None.
+
+    (`pip install --no-deps torchfcpe` provides the file without torch; it is never imported.)
+    """
+    from rvc_mlx.paths import default_model_path
+
+    local = default_model_path(BUNDLED_NAME)
+    return local if local.is_file() else bundled_checkpoint_path()
+
+
 def load_fcpe(path: str | os.PathLike | None = None) -> FCPE:
-    """FCPE from a native file or a torchfcpe .pt; None: the checkpoint bundled with torchfcpe. Cached."""
+    """FCPE from a native file or a torchfcpe .pt; None: `default_checkpoint_path()`. Cached per file."""
     from rvc_mlx.checkpoints.native import is_native, load_native
 
     if path is None:
-        path = bundled_checkpoint_path()
+        path = default_checkpoint_path()
         if path is None:
-            raise CheckpointError(None, "no FCPE checkpoint given, and torchfcpe (it bundles one) is absent")
+            raise CheckpointError(None, f"no FCPE checkpoint: put {BUNDLED_NAME} in the models directory "
+                                        "or install torchfcpe (pip install --no-deps torchfcpe)")
     key = os.path.realpath(os.fspath(path))
     if key in _cache:
         return _cache[key]
