@@ -1,0 +1,381 @@
+"""RMVPE pitch estimator (the ``E2E`` model of RVC's ``rmvpe.py``) in MLX, channels-last.
+
+Audio (16 kHz) -> log-mel (B, T, 128) -> frames padded to a multiple of 32 -> deep U-Net on (B, T, 128, C)
+-> 3x3 conv to 3 channels -> (B, T, 384) -> bidirectional GRU -> linear + sigmoid -> salience (B, T, 360)
+-> local weighted average of cents around the argmax -> f0 in Hz (0 where unvoiced).
+
+Batch norms are folded into the preceding convolutions at load time (all of them except the encoder's input
+norm, which precedes zero padding and stays a scale and shift). The transposed convolutions (stride 2,
+kernel 3) run as one 2x2 convolution producing the four output phases, followed by a pixel shuffle.
+
+Long inputs: the U-Net (plus the 3x3 head conv) is local, so it runs in chunks that overlap by its exact
+receptive field (`unet_margin_frames`) on the 32-frame pooling grid; each kept frame then sees exactly the
+inputs and zero borders it sees in one pass. The GRU is not local and always runs over the whole sequence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from rvc_mlx import dsp
+
+SAMPLE_RATE = 16000  # Hz the model works at
+HOP_LENGTH = 160  # samples per frame (100 frames/s)
+N_BINS = 360  # salience bins, 20 cents apart
+N_MELS = 128  # mel bands (fixed by the GRU input size 3 * 128)
+CENTS_OFFSET = 1997.3794084376191  # cents of bin 0 (relative to 10 Hz)
+CENTS_PER_BIN = 20  # bin spacing
+DEFAULT_THRESHOLD = 0.03  # a frame whose best salience is <= this is unvoiced
+FRAME_MULTIPLE = 32  # frames are padded to a multiple of this (2 ** number of pooling levels)
+MEL_PADDINGS = ("reflect", "constant")  # how the frame padding is filled: WebUI/Applio, rvc 0.3.5
+
+MEL_CONFIG = dsp.MelConfig(  # RMVPE's front end: 1024-point STFT, 128 HTK mel bands 30-8000 Hz
+    sample_rate=SAMPLE_RATE, n_fft=1024, hop_length=HOP_LENGTH, win_length=1024, n_mels=N_MELS,
+    fmin=30.0, fmax=8000.0, htk=True, norm="slaney", clamp=1e-5,
+)
+# Cents of each bin, zero-padded by 4 on both sides as the reference decoder indexes it.
+CENTS_MAPPING = np.pad(CENTS_PER_BIN * np.arange(N_BINS) + CENTS_OFFSET, (4, 4))  # (368,) float64
+
+
+@dataclass(frozen=True)
+class RMVPEConfig:
+    """Architecture of ``E2E(n_blocks, n_gru=1, kernel_size=(2, 2), en_de_layers, inter_layers, 1, ch)``."""
+
+    n_blocks: int = 4  # residual conv blocks per encoder/intermediate/decoder stage
+    en_de_layers: int = 5  # encoder levels (each halves time and mel) = decoder levels
+    inter_layers: int = 4  # intermediate stages at the lowest resolution
+    en_out_channels: int = 16  # channels of the first encoder level (doubles per level)
+    gru_hidden: int = 256  # hidden size per GRU direction
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Layers
+# ---------------------------------------------------------------------------------------------------------
+
+
+class Conv3x3(nn.Module):
+    """3x3 conv, padding 1, bias (a folded batch norm): (B, T, F, C_in) -> (B, T, F, C_out)."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.weight = mx.zeros((c_out, 3, 3, c_in))
+        self.bias = mx.zeros((c_out,))
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return mx.conv2d(x, self.weight, padding=1) + self.bias
+
+
+class Pointwise(nn.Module):
+    """1x1 conv as a matmul; weight stored (C_in, C_out)."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.weight = mx.zeros((c_in, c_out))
+        self.bias = mx.zeros((c_out,))
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return x @ self.weight + self.bias
+
+
+class ResBlock(nn.Module):
+    """``ConvBlockRes``: relu(bn(conv)) twice, plus the input (or its 1x1 projection)."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.conv1 = Conv3x3(c_in, c_out)
+        self.conv2 = Conv3x3(c_out, c_out)
+        if c_in != c_out:
+            self.shortcut = Pointwise(c_in, c_out)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        y = nn.relu(self.conv2(nn.relu(self.conv1(x))))
+        return y + (self.shortcut(x) if "shortcut" in self else x)
+
+
+class Stage(nn.Module):
+    """``n_blocks`` ResBlocks (a ``ResEncoderBlock`` without its pooling)."""
+
+    def __init__(self, c_in: int, c_out: int, n_blocks: int):
+        super().__init__()
+        self.blocks = [ResBlock(c_in if i == 0 else c_out, c_out) for i in range(n_blocks)]
+
+    def __call__(self, x: mx.array) -> mx.array:
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+class UpConv(nn.Module):
+    """ConvTranspose2d(k=3, stride=2, padding=1, output_padding=1) + folded BN + ReLU.
+
+    Output sample (2i + a, 2j + b) only sees inputs (i, j), (i, j+1), (i+1, j), (i+1, j+1), so one valid 2x2
+    conv over the input padded by one zero at the end gives all four phases as 4 * C_out channels ordered
+    (a, b, c_out); a pixel shuffle interleaves them: (B, T, F, C_in) -> (B, 2T, 2F, C_out).
+    """
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.weight = mx.zeros((4 * c_out, 2, 2, c_in))
+        self.bias = mx.zeros((4 * c_out,))
+
+    def __call__(self, x: mx.array) -> mx.array:
+        b, t, f, _ = x.shape
+        c_out = self.bias.shape[0] // 4
+        y = mx.conv2d(mx.pad(x, [(0, 0), (0, 1), (0, 1), (0, 0)]), self.weight) + self.bias  # (B, T, F, 4Co)
+        y = y.reshape(b, t, f, 2, 2, c_out).transpose(0, 1, 3, 2, 4, 5)  # (B, T, 2, F, 2, Co)
+        return nn.relu(y.reshape(b, 2 * t, 2 * f, c_out))  # (B, 2T, 2F, Co)
+
+
+class DecoderLevel(nn.Module):
+    """``ResDecoderBlock``: upsample, concatenate the encoder skip (after), residual blocks."""
+
+    def __init__(self, c_in: int, c_out: int, n_blocks: int):
+        super().__init__()
+        self.up = UpConv(c_in, c_out)
+        self.stage = Stage(2 * c_out, c_out, n_blocks)
+
+    def __call__(self, x: mx.array, skip: mx.array) -> mx.array:
+        return self.stage(mx.concatenate([self.up(x), skip], axis=-1))
+
+
+def _avg_pool2(x: mx.array) -> mx.array:
+    """2x2 average pooling, stride 2: (B, T, F, C) -> (B, T/2, F/2, C)."""
+    b, t, f, c = x.shape
+    x = x.reshape(b, t // 2, 2, f // 2, 2, c)  # (B, T/2, 2, F/2, 2, C)
+    return x.mean(axis=(2, 4))  # (B, T/2, F/2, C)
+
+
+class UNet(nn.Module):
+    """``DeepUnet`` + the ``cnn`` head: log-mel (B, T, 128) -> features (B, T, 384), T a multiple of 32.
+
+    Feature index is ``mel_bin * 3 + channel`` (channels-last flattening; the GRU input weights are permuted
+    to match at conversion).
+    """
+
+    def __init__(self, config: RMVPEConfig):
+        super().__init__()
+        n, ch = config.n_blocks, config.en_out_channels
+        self.input_scale = mx.ones((1,))  # the encoder's input batch norm as x * scale + shift
+        self.input_shift = mx.zeros((1,))
+        levels = config.en_de_layers
+        self.encoder = [Stage(1 if i == 0 else ch * 2 ** (i - 1), ch * 2**i, n) for i in range(levels)]
+        deep = ch * 2**levels
+        self.intermediate = [Stage(deep if i else deep // 2, deep, n) for i in range(config.inter_layers)]
+        self.decoder = [DecoderLevel(deep // 2**i, deep // 2 ** (i + 1), n) for i in range(levels)]
+        self.head = Conv3x3(ch, 3)
+
+    def __call__(self, mel: mx.array) -> mx.array:
+        b, t, f = mel.shape
+        x = mel[..., None] * self.input_scale + self.input_shift  # (B, T, F, 1)
+        skips = []
+        for stage in self.encoder:
+            x = stage(x)
+            skips.append(x)
+            x = _avg_pool2(x)
+        for stage in self.intermediate:
+            x = stage(x)
+        for level, skip in zip(self.decoder, reversed(skips), strict=True):
+            x = level(x, skip)
+        return self.head(x).reshape(b, t, f * 3)  # (B, T, F, 3) -> (B, T, 3F)
+
+
+class BiGRU(nn.Module):
+    """One-layer bidirectional GRU (PyTorch gate order r, z, n): (B, T, D) -> (B, T, 2H).
+
+    ``w_ih`` (D, 6H) = [forward | backward] input weights, ``b_ih`` (6H,) with the hidden r/z biases added,
+    ``w_hh`` (2, H, 3H), ``b_hn`` (2, 1, H) (the hidden n bias stays inside the reset gate).
+    """
+
+    def __init__(self, d_in: int, hidden: int):
+        super().__init__()
+        self.w_ih = mx.zeros((d_in, 6 * hidden))
+        self.b_ih = mx.zeros((6 * hidden,))
+        self.w_hh = mx.zeros((2, hidden, 3 * hidden))
+        self.b_hn = mx.zeros((2, 1, hidden))
+        self._step = mx.compile(self._step_fn)
+
+    @staticmethod
+    def _step_fn(h: mx.array, xi: mx.array, w_hh: mx.array, b_hn: mx.array) -> mx.array:
+        """Both directions one step: h (2, B, H), xi (2, B, 3H) -> (2, B, H)."""
+        hid = h.shape[-1]
+        gh = h @ w_hh  # (2, B, 3H)
+        r = mx.sigmoid(xi[..., :hid] + gh[..., :hid])
+        z = mx.sigmoid(xi[..., hid : 2 * hid] + gh[..., hid : 2 * hid])
+        n = mx.tanh(xi[..., 2 * hid :] + r * (gh[..., 2 * hid :] + b_hn))
+        return n + z * (h - n)
+
+    def __call__(self, x: mx.array, eval_every: int = 64) -> mx.array:
+        b, t, _ = x.shape
+        hid = self.w_hh.shape[1]
+        xi = (x @ self.w_ih + self.b_ih).reshape(b, t, 2, 3 * hid)  # all frames, both directions at once
+        xi = mx.stack([xi[:, :, 0], xi[:, ::-1, 1]], axis=0)  # (2, B, T, 3H), backward in reversed time
+        xi = xi.transpose(2, 0, 1, 3)  # (T, 2, B, 3H)
+        h = mx.zeros((2, b, hid), dtype=x.dtype)
+        outs = []
+        for i in range(t):
+            h = self._step(h, xi[i], self.w_hh, self.b_hn)
+            outs.append(h)
+            if (i + 1) % eval_every == 0:
+                mx.eval(h)
+        out = mx.stack(outs, axis=0)  # (T, 2, B, H)
+        fwd = out[:, 0].transpose(1, 0, 2)  # (B, T, H)
+        bwd = out[::-1, 1].transpose(1, 0, 2)  # (B, T, H), back in time order
+        return mx.concatenate([fwd, bwd], axis=-1)  # (B, T, 2H)
+
+
+class Linear(nn.Module):
+    """y = x @ weight + bias with weight stored (D_in, D_out)."""
+
+    def __init__(self, d_in: int, d_out: int):
+        super().__init__()
+        self.weight = mx.zeros((d_in, d_out))
+        self.bias = mx.zeros((d_out,))
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return x @ self.weight + self.bias
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Receptive field of the U-Net (for exact chunking)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def unet_input_span(config: RMVPEConfig, t: int) -> tuple[int, int]:
+    """Inclusive range of input frames that U-Net output frame ``t`` depends on (away from the sequence ends;
+    interval arithmetic through every path: skips, poolings, transposed convs)."""
+    n, levels = config.n_blocks, config.en_de_layers
+
+    def encoder_input(level: int, lo: int, hi: int) -> tuple[int, int]:
+        # interval of the level-`level` skip tensor -> interval of encoder input frames
+        lo, hi = lo - 2 * n, hi + 2 * n  # n residual blocks of two 3x3 convs
+        for _ in range(level):
+            lo, hi = 2 * lo, 2 * hi + 1  # through the pooling, then the previous level's blocks
+            lo, hi = lo - 2 * n, hi + 2 * n
+        return lo, hi
+
+    lo, hi = t - 1, t + 1  # head conv
+    spans = []
+    for level in range(levels):  # the decoder from its last level (full resolution) down
+        lo, hi = lo - 2 * n, hi + 2 * n  # residual blocks after the concatenation
+        spans.append(encoder_input(level, lo, hi))  # skip path
+        lo, hi = -((1 - lo) // 2), (hi + 1) // 2  # transposed conv: out o <- in i with o = 2i - 1 + k
+    lo, hi = lo - 2 * n * config.inter_layers, hi + 2 * n * config.inter_layers  # intermediate stages
+    lo, hi = 2 * lo, 2 * hi + 1  # the last pooling
+    spans.append(encoder_input(levels - 1, lo, hi))
+    return min(s[0] for s in spans), max(s[1] for s in spans)
+
+
+def unet_margin_frames(config: RMVPEConfig) -> int:
+    """Frames of context each side that make a chunked U-Net pass exact, rounded up to the 32-frame grid."""
+    period = 2**config.en_de_layers
+    first = 4 * period  # a kept run of frames starts and ends on the pooling grid: check one whole period
+    spans = [unet_input_span(config, t) for t in range(first, first + period)]
+    left = first - min(lo for lo, _ in spans)
+    right = max(hi for _, hi in spans) - (first + period - 1)
+    return -(-max(left, right) // period) * period
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------------------------
+
+
+class RMVPE(nn.Module):
+    """log-mel -> salience. Weights come from `rvc_mlx.checkpoints.rmvpe` (folded and permuted there)."""
+
+    def __init__(self, config: RMVPEConfig = RMVPEConfig()):
+        super().__init__()
+        self.config = config
+        self.unet = UNet(config)
+        self.gru = BiGRU(3 * N_MELS, config.gru_hidden)
+        self.fc = Linear(2 * config.gru_hidden, N_BINS)
+
+    def unet_features(self, mel: mx.array, chunk_frames: int | None = None) -> mx.array:
+        """U-Net + head over (B, T, 128) with T a multiple of 32 -> (B, T, 384).
+
+        ``chunk_frames`` (rounded up to a multiple of 32): frames kept per chunk; each chunk is computed with
+        `unet_margin_frames` of context on both sides (the exact receptive field on the pooling grid), so
+        every kept frame sees the same inputs and borders as in a single pass.
+        """
+        t = mel.shape[1]
+        period = 2**self.config.en_de_layers
+        if t % period:
+            raise ValueError(f"frame count {t} is not a multiple of {period}")
+        if chunk_frames is None or chunk_frames >= t:
+            return self.unet(mel)
+        core = -(-max(chunk_frames, 1) // period) * period
+        margin = unet_margin_frames(self.config)
+        parts = []
+        for start in range(0, t, core):
+            lo, hi = max(0, start - margin), min(t, start + core + margin)
+            feats = self.unet(mel[:, lo:hi])  # (B, hi - lo, 384)
+            part = feats[:, start - lo : min(start + core, t) - lo]
+            mx.eval(part)
+            parts.append(part)
+        return mx.concatenate(parts, axis=1)
+
+    def __call__(self, mel: mx.array, chunk_frames: int | None = None) -> mx.array:
+        """Salience (B, T, 360) from a padded log-mel (B, T, 128), T a multiple of 32."""
+        feats = self.unet_features(mel, chunk_frames)  # (B, T, 384)
+        return mx.sigmoid(self.fc(self.gru(feats)))  # (B, T, 360)
+
+
+def pad_frames(mel: mx.array, mode: str = "reflect") -> mx.array:
+    """Pad (B, T, 128) at the end of time to a multiple of 32 frames: reflect (WebUI) or zeros (rvc 0.3.5)."""
+    t = mel.shape[1]
+    n_pad = -(-t // FRAME_MULTIPLE) * FRAME_MULTIPLE - t
+    if n_pad == 0:
+        return mel
+    if mode == "constant":
+        return mx.pad(mel, [(0, 0), (0, n_pad), (0, 0)])
+    if mode != "reflect":
+        raise ValueError(f"mel_padding must be one of {MEL_PADDINGS}, got {mode!r}")
+    if n_pad >= t:
+        raise ValueError(f"reflect padding of {n_pad} frames needs more than {n_pad} frames, got {t}")
+    idx = mx.array(np.arange(t - 2, t - 2 - n_pad, -1, dtype=np.int32))
+    return mx.concatenate([mel, mel[:, idx]], axis=1)
+
+
+def decode(salience: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
+    """Salience (T, 360) -> f0 in Hz (T,) float64, 0 where unvoiced; the reference's arithmetic exactly.
+
+    Weighted average of the cents of the 9 bins around the argmax; a frame whose best salience is
+    <= ``threshold`` gets 0.
+    """
+    salience = np.asarray(salience)
+    center = np.argmax(salience, axis=1) + 4  # index into the 4-padded bins
+    padded = np.pad(salience, ((0, 0), (4, 4)))  # (T, 368)
+    idx = center[:, None] + np.arange(-4, 5)[None, :]  # (T, 9)
+    window = np.take_along_axis(padded, idx, axis=1)
+    cents = np.sum(window * CENTS_MAPPING[idx], 1) / np.sum(window, 1)
+    cents[np.max(padded, axis=1) <= threshold] = 0
+    f0 = 10 * (2 ** (cents / 1200))
+    f0[f0 == 10] = 0
+    return f0
+
+
+def log_mel(audio: mx.array) -> mx.array:
+    """16 kHz audio (B, N) -> log-mel (B, 1 + N // 160, 128)."""
+    return dsp.log_mel_spectrogram(audio, MEL_CONFIG)
+
+
+def salience_from_audio(model: RMVPE, audio: np.ndarray, mel_padding: str = "reflect",
+                        chunk_frames: int | None = None) -> np.ndarray:
+    """16 kHz mono audio (N,) -> salience (1 + N // 160, 360) float32."""
+    mel = log_mel(mx.array(np.asarray(audio, dtype=np.float32))[None])  # (1, T, 128)
+    t = mel.shape[1]
+    sal = model(pad_frames(mel, mel_padding), chunk_frames)[0, :t]
+    return np.array(sal)
+
+
+def f0_from_audio(model: RMVPE, audio: np.ndarray, threshold: float = DEFAULT_THRESHOLD,
+                  mel_padding: str = "reflect", chunk_frames: int | None = None) -> np.ndarray:
+    """16 kHz mono audio (N,) -> f0 in Hz at 100 frames/s, (1 + N // 160,) float64, 0 where unvoiced."""
+    return decode(salience_from_audio(model, audio, mel_padding, chunk_frames), threshold)

@@ -1,0 +1,189 @@
+"""Pitch (f0) estimation: one public entry point, `estimate_f0`, over a registry of methods.
+
+Every method receives mono float32 audio at its own sample rate (16 kHz for all of RVC's estimators; the
+input is resampled with soxr HQ when needed) and returns f0 in Hz, 0 where unvoiced. Methods that need
+weights get a path (default: ``<models dir>/<default_model>``); loaded models are cached per file.
+
+Adding a method is one `register_method(PitchMethod(...))` call in the module that implements it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rvc_mlx.errors import AudioError, CheckpointError
+from rvc_mlx.paths import default_model_path
+
+PITCH_SAMPLE_RATE = 16000  # Hz: RVC estimates pitch on the 16 kHz signal
+PITCH_HOP_LENGTH = 160  # samples of the 16 kHz signal per f0 frame (100 frames/s)
+
+
+@dataclass(frozen=True)
+class PitchMethod:
+    """One registry entry."""
+
+    name: str  # the `method=` value, e.g. "rmvpe"
+    # (mono float32 audio at `sample_rate`, model path or None, **options) -> f0 in Hz (frames,), 0 = unvoiced
+    estimate: Callable[..., np.ndarray]
+    sample_rate: int = PITCH_SAMPLE_RATE  # Hz the estimator expects its input at
+    default_model: str | None = None  # file name under the models directory; None: the method has no weights
+    min_samples: int = 1  # shortest input the method accepts, in samples at `sample_rate`
+
+
+_REGISTRY: dict[str, PitchMethod] = {}
+
+
+def register_method(method: PitchMethod) -> None:
+    """Add (or replace) a method under ``method.name``."""
+    _REGISTRY[method.name] = method
+
+
+def available_methods() -> list[str]:
+    """Names accepted by `estimate_f0`."""
+    return sorted(_REGISTRY)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Model cache (shared by the methods that load weights)
+# ---------------------------------------------------------------------------------------------------------
+
+_CACHE_SIZE = 4  # loaded models kept (least recently used dropped first)
+_cache: dict[tuple, object] = {}
+_cache_lock = threading.Lock()
+
+
+def cached_model(kind: str, path: str | os.PathLike, loader: Callable[[str], object]) -> object:
+    """``loader(path)``, cached by (kind, absolute path, size, mtime) so an edited file is reloaded."""
+    path = os.path.abspath(os.fspath(path))
+    try:
+        st = os.stat(path)
+    except OSError:
+        raise CheckpointError(path, "file not found") from None
+    key = (kind, path, st.st_size, st.st_mtime_ns)
+    with _cache_lock:
+        if key in _cache:
+            _cache[key] = _cache.pop(key)  # most recently used last
+            return _cache[key]
+    model = loader(path)
+    with _cache_lock:
+        _cache[key] = model
+        while len(_cache) > _CACHE_SIZE:
+            _cache.pop(next(iter(_cache)))
+    return model
+
+
+def clear_model_cache() -> None:
+    with _cache_lock:
+        _cache.clear()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Input checks
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _as_mono_float(audio) -> np.ndarray:
+    try:
+        x = np.asarray(audio)
+    except Exception as e:  # anything numpy cannot take is bad input
+        raise AudioError(None, f"audio is not an array ({e})") from None
+    if x.dtype.kind in "iu":  # integer PCM: scale to [-1, 1)
+        x = x.astype(np.float64) / float(2 ** (8 * x.dtype.itemsize - 1))
+    elif x.dtype.kind != "f":
+        raise AudioError(None, f"audio must be a float or integer array, got dtype {x.dtype}")
+    if x.ndim == 2 and 1 in x.shape:
+        x = x.reshape(-1)
+    if x.ndim != 1:
+        raise AudioError(None, f"audio must be mono (N,), got shape {x.shape}")
+    if x.size == 0:
+        raise AudioError(None, "audio is empty")
+    if not np.all(np.isfinite(x)):
+        raise AudioError(None, "audio contains NaN or infinite samples")
+    return x
+
+
+def _check_sample_rate(sample_rate) -> int:
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)):
+        what = type(sample_rate).__name__
+        raise AudioError(None, f"sample_rate must be an integer number of Hz, got {what}")
+    if sample_rate <= 0:
+        raise AudioError(None, f"sample_rate must be positive, got {sample_rate}")
+    return int(sample_rate)
+
+
+def _resample(x: np.ndarray, from_hz: int, to_hz: int) -> np.ndarray:
+    if from_hz == to_hz:
+        return x.astype(np.float32)
+    import soxr
+
+    return soxr.resample(x.astype(np.float32), from_hz, to_hz, quality="HQ").astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------------------------
+
+
+def estimate_f0(audio, sample_rate: int, *, method: str = "rmvpe", model: str | os.PathLike | None = None,
+                **options) -> np.ndarray:
+    """f0 in Hz of mono ``audio`` (N,) at ``sample_rate`` Hz; 0 where unvoiced.
+
+    For the 16 kHz methods (all of RVC's) the result has one value per 160 samples of the 16 kHz signal
+    (100 frames/s; RMVPE gives 1 + N16 // 160 frames). ``model``: the method's weights (default
+    ``<models dir>/<file>``, models dir = ``$RVC_MLX_HOME`` or ``~/.cache/rvc-mlx``). ``options`` go to
+    the method (RMVPE: ``threshold``, ``mel_padding``, ``chunk_frames``).
+
+    Raises AudioError for empty, too short, non-finite or non-mono audio or a bad ``sample_rate``;
+    CheckpointError when the model file is missing or is not the method's model; ValueError for an
+    unknown method.
+    """
+    if method not in _REGISTRY:
+        raise ValueError(f"unknown f0 method {method!r}; available: {', '.join(available_methods())}")
+    entry = _REGISTRY[method]
+    sr = _check_sample_rate(sample_rate)
+    x = _resample(_as_mono_float(audio), sr, entry.sample_rate)
+    if x.size < entry.min_samples:
+        need = entry.min_samples
+        raise AudioError(None, f"audio too short for {method}: {x.size} samples at {entry.sample_rate} Hz, "
+                               f"needs at least {need} ({need / entry.sample_rate:.2f} s)")
+    if model is None and entry.default_model is not None:
+        model = default_model_path(entry.default_model)
+    return entry.estimate(x, None if model is None else os.fspath(model), **options)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# RMVPE
+# ---------------------------------------------------------------------------------------------------------
+
+RMVPE_MIN_SAMPLES = 2560  # 17 frames: the fewest for which reflect-padding to 32 frames is defined
+RMVPE_CHUNK_FRAMES = 4096  # default U-Net chunk (frames kept per chunk; bounds memory on long inputs)
+
+
+def _load_rmvpe(path: str):
+    from rvc_mlx.checkpoints.rmvpe import load_rmvpe
+
+    return load_rmvpe(path)
+
+
+def _estimate_rmvpe(x: np.ndarray, model_path: str | None, *, threshold: float | None = None,
+                    mel_padding: str = "reflect",
+                    chunk_frames: int | None = RMVPE_CHUNK_FRAMES) -> np.ndarray:
+    from rvc_mlx.models import rmvpe
+
+    if model_path is None or not Path(model_path).is_file():
+        raise CheckpointError(model_path, "RMVPE weights not found (run `rvc-mlx download` or pass model=)")
+    if mel_padding not in rmvpe.MEL_PADDINGS:
+        raise ValueError(f"mel_padding must be one of {rmvpe.MEL_PADDINGS}, got {mel_padding!r}")
+    net = cached_model("rmvpe", model_path, _load_rmvpe)
+    threshold = rmvpe.DEFAULT_THRESHOLD if threshold is None else threshold
+    return rmvpe.f0_from_audio(net, x, threshold, mel_padding, chunk_frames)
+
+
+register_method(PitchMethod("rmvpe", _estimate_rmvpe, default_model="rmvpe.pt",
+                            min_samples=RMVPE_MIN_SAMPLES))
