@@ -103,6 +103,17 @@ def test_ivf_modes_equal_faiss_nprobe_1(built, mode):
     assert (np.asarray(exact_ids) != ref_ids).any(axis=1).mean() > 0.05
 
 
+def test_ivf_nprobe_above_1_equals_faiss(built):
+    path, _, queries = built
+    arrays = read_faiss_index(path)
+    arrays["nprobe"][0] = 3
+    ref = faiss.read_index(str(path))
+    ref.nprobe = 3
+    ref_dist, ref_ids = ref.search(queries, 8)
+    dist, ids = FeatureIndex.from_arrays(arrays).search(queries, k=8, mode="ivf")
+    _assert_same_neighbours(ids, dist, ref_ids, ref_dist)
+
+
 def _rvc_blend(feats, index, big_npy, index_rate, is_half):
     """Pipeline.vc's retrieval block (rvc/modules/vc/pipeline.py), transcribed with torch and faiss."""
     import torch

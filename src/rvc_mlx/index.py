@@ -355,10 +355,10 @@ class FeatureIndex:
         ivf = mode == "ivf"
         if ivf and self.centroids is None:
             raise CheckpointError(self.path, "this index has no IVF clustering; use mode='exact'")
-        n_cand = min(k + _REFINE_MARGIN, self.ntotal)
+        n_cand = k + _REFINE_MARGIN
         rows = max(1, _BLOCK_ELEMENTS // max(self.ntotal, n_cand * self.dim, self.nlist))
         dists, ids = [], []
-        for start in range(0, q.shape[0], rows):  # blocks of queries bound the (rows, ntotal) distances
+        for start in range(0, q.shape[0], rows):  # blocks of queries bound the memory of each pass
             d, i = self._search_block(q[start:start + rows], k, n_cand, ivf)
             mx.eval(d, i)
             dists.append(d)
@@ -367,34 +367,51 @@ class FeatureIndex:
             return mx.zeros((0, k), dtype=mx.float32), mx.zeros((0, k), dtype=mx.int32)
         return mx.concatenate(dists, axis=0), mx.concatenate(ids, axis=0)
 
-    def _search_block(self, q: mx.array, k: int, n_cand: int, ivf: bool) -> tuple[mx.array, mx.array]:
+    def _probed_lists(self, q: mx.array, qn: mx.array) -> mx.array:
+        """q (n, dim) -> (n, nprobe) the lists faiss visits: those of the nearest centroids."""
+        cd = qn - 2 * (q @ self.centroids.T) + self.centroid_sq_norms  # (n, nlist)
+        nprobe = min(self.nprobe, self.nlist)
+        if nprobe == 1:
+            return mx.argmin(cd, axis=1, keepdims=True)  # (n, 1)
+        return mx.argpartition(cd, kth=nprobe - 1, axis=1)[:, :nprobe]  # (n, nprobe)
+
+    def _candidates(self, q: mx.array, n_cand: int, ivf: bool) -> tuple[mx.array, mx.array | None]:
+        """First pass in float32, ||q||² − 2 q·x + ||x||² against every stored vector: q (n, dim) -> ids
+        (n, c) of the c = min(n_cand, ntotal) best, and in IVF mode whether each lies in a probed list.
+
+        IVF search scores all vectors too and masks those outside the probed lists: one GEMM per block
+        (same cost as exact search) was 10-20x faster on the Linux CPU back end than gathering each
+        query's lists, which is memory-bound.
+        """
         qn = mx.sum(q * q, axis=1, keepdims=True)  # (n, 1)
         d2 = qn - 2 * (q @ self.vectors.T) + self.sq_norms  # (n, ntotal)
+        member = None
         if ivf:
-            cd = qn - 2 * (q @ self.centroids.T) + self.centroid_sq_norms  # (n, nlist)
-            nprobe = min(self.nprobe, self.nlist)
-            if nprobe == 1:
-                lists = mx.argmin(cd, axis=1, keepdims=True)  # (n, 1)
-            else:
-                lists = mx.argpartition(cd, kth=nprobe - 1, axis=1)[:, :nprobe]  # (n, nprobe)
-            probed = mx.put_along_axis(mx.zeros(cd.shape, dtype=mx.bool_), lists, mx.array(True), axis=1)
+            lists = self._probed_lists(q, qn)
+            probed = mx.put_along_axis(mx.zeros((q.shape[0], self.nlist), dtype=mx.bool_), lists,
+                                       mx.array(True), axis=1)  # (n, nlist)
             member = mx.take(probed, self.assign, axis=1)  # (n, ntotal): vector lies in a probed list
             d2 = mx.where(member, d2, mx.inf)
-        cand = mx.argpartition(d2, kth=n_cand - 1, axis=1)[:, :n_cand]  # (n, n_cand)
+        c = min(n_cand, self.ntotal)
+        cand = mx.argpartition(d2, kth=c - 1, axis=1)[:, :c]  # (n, c)
+        return cand, None if member is None else mx.take_along_axis(member, cand, axis=1)
+
+    def _search_block(self, q: mx.array, k: int, n_cand: int, ivf: bool) -> tuple[mx.array, mx.array]:
+        cand, valid = self._candidates(q, n_cand, ivf)  # (n, c)
         with mx.stream(mx.cpu):  # float64 (CPU only): x − q is exact, (x − q)² rounded at 1e-16
             diff = (mx.take(self.vectors, cand, axis=0).astype(mx.float64)
-                    - q.astype(mx.float64)[:, None, :])  # (n, n_cand, dim)
-            exact = mx.sum(diff * diff, axis=-1)  # (n, n_cand): distances as exact arithmetic gives them
-            if ivf:
-                exact = mx.where(mx.take_along_axis(member, cand, axis=1), exact, mx.inf)
+                    - q.astype(mx.float64)[:, None, :])  # (n, c, dim)
+            exact = mx.sum(diff * diff, axis=-1)  # (n, c): distances as exact arithmetic gives them
+            if valid is not None:
+                exact = mx.where(valid, exact, mx.inf)
             order = mx.argsort(exact, axis=1)[:, :k]  # ordered before rounding: float32 ties keep their order
             dist = mx.take_along_axis(exact, order, axis=1).astype(mx.float32)
             ids = mx.take_along_axis(cand, order, axis=1).astype(mx.int32)
         missing = dist == mx.inf
         ids = mx.where(missing, -1, ids)
         dist = mx.where(missing, FLT_MAX, dist)
-        if n_cand < k:  # fewer stored vectors than k
-            pad = k - n_cand
+        if ids.shape[1] < k:  # fewer candidates than k
+            pad = k - ids.shape[1]
             dist = mx.concatenate([dist, mx.full((dist.shape[0], pad), FLT_MAX, dtype=mx.float32)], axis=1)
             ids = mx.concatenate([ids, mx.full((ids.shape[0], pad), -1, dtype=mx.int32)], axis=1)
         return dist, ids
