@@ -21,6 +21,7 @@ import numpy as np
 
 from rvc_mlx.dsp import mel_filterbank, stft_magnitude
 from rvc_mlx.errors import AudioError
+from rvc_mlx.models.conv import Conv1d
 
 
 @dataclass(frozen=True)
@@ -152,22 +153,11 @@ class _Dense(nn.Module):
         return mx.addmm(self.bias, x, self.weight)
 
 
-class _Conv3(nn.Module):
-    """Kernel-3, padding-1 convolution, weight (C_out, 3, C_in)."""
-
-    def __init__(self, dims_in: int, dims_out: int):
-        super().__init__()
-        self.weight = mx.zeros((dims_out, 3, dims_in))
-        self.bias = mx.zeros((dims_out,))
-
-    def __call__(self, x: mx.array) -> mx.array:
-        return mx.conv1d(x, self.weight, padding=1) + self.bias
-
-
 class _DepthwiseConv(nn.Module):
     """Per-channel 'same' convolution, weight (K, C): a sum of K shifted products.
 
-    (Faster than a grouped `mx.conv1d` on the CPU back end, and no per-sample loop.)
+    (On the CPU ~10x faster than a grouped `mx.conv1d` or `models.conv.Conv1d(groups=C)`, whose per-group
+    GEMMs are 1x1 here; no per-sample loop.)
     """
 
     def __init__(self, dims: int, kernel_size: int):
@@ -219,9 +209,9 @@ class FCPE(nn.Module):
         c = config
         self.config = config
         self.mel = FcpeMel(config)
-        self.input_conv1 = _Conv3(c.n_mels, c.hidden_dims)
+        self.input_conv1 = Conv1d(c.n_mels, c.hidden_dims, 3, padding=1)  # weight (C_out, 3, C_in)
         self.input_norm = _Affine(c.hidden_dims)
-        self.input_conv2 = _Conv3(c.hidden_dims, c.hidden_dims)
+        self.input_conv2 = Conv1d(c.hidden_dims, c.hidden_dims, 3, padding=1)
         self.layers = [
             ConformerConvBlock(c.hidden_dims, c.expansion, c.kernel_size) for _ in range(c.n_layers)
         ]
