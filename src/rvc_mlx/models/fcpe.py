@@ -297,7 +297,8 @@ def fcpe_f0(
 
     Args:
         audio_16k: (N,) samples at 16 kHz.
-        model: a loaded FCPE (`rvc_mlx.checkpoints.fcpe.load_fcpe`); None loads the bundled checkpoint once.
+        model: a loaded FCPE (`rvc_mlx.checkpoints.fcpe.load_fcpe`); None: `load_fcpe()` (cached), i.e.
+            `<models dir>/fcpe_c_v001.pt` or the copy inside an installed torchfcpe package.
         threshold: frames whose peak salience is <= this are unvoiced (Applio and torchfcpe use 0.006).
         f0_min: Hz; with `interp_unvoiced`, frames below it count as unvoiced (no effect otherwise, as in
             torchfcpe; the model itself never outputs less than its 32.7 Hz bottom bin).
