@@ -1,0 +1,295 @@
+"""HuBERT-base / ContentVec content encoder in MLX, equal to fairseq's `HubertModel.extract_features`.
+
+What RVC runs (`rvc/modules/vc/pipeline.py`, `Pipeline.vc`): 16 kHz mono samples, no input normalisation,
+no padding, a padding mask that is all False, `output_layer` 9 (v1, then `final_proj` 768 -> 256) or 12 (v2).
+
+Pipeline (fairseq names in brackets; all tensors channels-last):
+  samples (B, N)
+  -> 7 strided convolutions without bias, 512 channels, kernels [10,3,3,3,3,2,2], strides [5,2,2,2,2,2,2]
+     [feature_extractor.conv_layers]; the first is followed by a GroupNorm with one group per channel
+     (statistics over time), every one by GELU (fairseq `extractor_mode="default"`)   -> (B, T, 512)
+  -> LayerNorm [layer_norm] -> Linear 512 -> 768 [post_extract_proj]                 -> (B, T, 768)
+  -> + GELU(grouped conv, kernel 128, 16 groups, padding 64, last frame dropped) [encoder.pos_conv]
+  -> LayerNorm [encoder.layer_norm] (post-norm model: before the layers)
+  -> 12 post-norm layers: x = LN(x + attn(x)); x = LN(x + fc2(GELU(fc1(x))))          -> (B, T, 768)
+T = (N - 400) // 320 + 1 frames, i.e. 50 frames per second.
+
+`output_layer=n` returns the output of layer n (1-based), as fairseq's `extract_features(output_layer=n)`
+and as transformers' `hidden_states[n]` (index 0 there is the input of layer 1).
+
+Weights arrive prepared by `rvc_mlx.checkpoints.hubert`: conv weights (C_out, K, C_in), the positional
+conv's weight norm folded, q/k/v fused into one (3C, C) matrix, linears (out, in) as in `mlx.nn.Linear`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from rvc_mlx.errors import AudioError
+
+SAMPLE_RATE = 16000  # Hz: the only input rate HuBERT / ContentVec accept
+
+# fairseq's conv_feature_layers for base: (channels, kernel, stride) per layer.
+BASE_CONV_LAYERS = ((512, 10, 5),) + ((512, 3, 2),) * 4 + ((512, 2, 2),) * 2
+
+
+# erf(u) ~ u * P(u^2) / Q(u^2) on [-4, 4] (|erf| rounds to 1 beyond): the float32 rational approximation used
+# by Eigen and XLA, within a few ulp. MLX's own CPU erf is ~3x slower than this fused polynomial.
+_ERF_P = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
+          -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02)
+_ERF_Q = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03,
+          -1.42647390514189e-02)
+
+
+@partial(mx.compile, shapeless=True)
+def gelu(x: mx.array) -> mx.array:
+    """Exact (erf) GELU, x * Phi(x), as torch.nn.GELU() / F.gelu: any shape, elementwise."""
+    u = mx.clip(x * (1 / math.sqrt(2)), -4.0, 4.0)
+    u2 = u * u
+    p = _ERF_P[0]
+    for c in _ERF_P[1:]:
+        p = p * u2 + c
+    q = _ERF_Q[0]
+    for c in _ERF_Q[1:]:
+        q = q * u2 + c
+    return x * (0.5 + 0.5 * (u * p / q))
+
+
+@dataclass(frozen=True)
+class HubertConfig:
+    """Shape of a HuBERT checkpoint (defaults: HuBERT-base / ContentVec as RVC uses them)."""
+
+    conv_layers: tuple[tuple[int, int, int], ...] = BASE_CONV_LAYERS  # (channels, kernel, stride) per conv
+    hidden_size: int = 768  # transformer width (encoder_embed_dim)
+    num_layers: int = 12  # transformer layers (encoder_layers)
+    num_heads: int = 12  # attention heads (encoder_attention_heads)
+    ffn_size: int = 3072  # inner width of each feed-forward block (encoder_ffn_embed_dim)
+    pos_conv_kernel: int = 128  # kernel of the positional convolution, in frames (conv_pos)
+    pos_conv_groups: int = 16  # groups of the positional convolution (conv_pos_groups)
+    final_proj_size: int | None = None  # output width of `final_proj` (256 in RVC's file); None: absent
+    layer_norm_eps: float = 1e-5  # epsilon of every LayerNorm and of the GroupNorm (torch default)
+
+    @property
+    def hop_length(self) -> int:
+        """Samples between consecutive output frames (320 for base: 50 frames/s at 16 kHz)."""
+        return math.prod(s for _, _, s in self.conv_layers)
+
+    @property
+    def window_length(self) -> int:
+        """Samples one output frame sees (400 for base): the shortest input that yields a frame."""
+        size = 1
+        for _, kernel, stride in reversed(self.conv_layers):
+            size = (size - 1) * stride + kernel
+        return size
+
+    def num_frames(self, num_samples: int) -> int:
+        """Output frames for `num_samples` input samples (0 when shorter than `window_length`)."""
+        for _, kernel, stride in self.conv_layers:
+            num_samples = max((num_samples - kernel) // stride + 1, 0)
+        return num_samples
+
+
+class StridedConv(nn.Module):
+    """Conv1d without bias or padding, kernel K, stride S, as framing + one matmul.
+
+    weight: (C_out, K, C_in). Input (B, T, C_in) -> output (B, (T - K) // S + 1, C_out).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.weight = mx.zeros((out_channels, kernel_size, in_channels))
+
+    def __call__(self, x: mx.array) -> mx.array:
+        b, t, c = x.shape
+        k, s = self.kernel_size, self.stride
+        n = (t - k) // s + 1
+        if k % s == 0:
+            # Whole blocks of S samples: frame j = blocks j .. j + K/S - 1, concatenated.
+            m = k // s
+            blocks = x[:, : s * (n + m - 1)].reshape(b, n + m - 1, s * c)  # (B, n + m - 1, S*C)
+            frames = blocks if m == 1 else mx.concatenate([blocks[:, i : i + n] for i in range(m)], axis=-1)
+        else:
+            # Tap i of every frame is x[i], x[i + S], ...: K strided slices side by side.
+            last = s * (n - 1) + 1
+            frames = mx.concatenate([x[:, i : i + last : s] for i in range(k)], axis=-1)  # (B, n, K*C)
+        return frames @ self.weight.reshape(self.weight.shape[0], -1).T  # (B, n, C_out)
+
+
+class ChannelNorm(nn.Module):
+    """GroupNorm with one group per channel: each channel normalised over time. (B, T, C) -> (B, T, C)."""
+
+    def __init__(self, channels: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = mx.ones((channels,))
+        self.bias = mx.zeros((channels,))
+
+    def __call__(self, x: mx.array) -> mx.array:
+        mean = mx.mean(x, axis=1, keepdims=True)
+        var = mx.var(x, axis=1, keepdims=True)
+        return (x - mean) * mx.rsqrt(var + self.eps) * self.weight + self.bias
+
+
+class FeatureExtractor(nn.Module):
+    """The conv stack: samples (B, N) -> features (B, T, C_last)."""
+
+    def __init__(self, config: HubertConfig):
+        super().__init__()
+        channels_in = 1
+        self.convs = []
+        for channels, kernel, stride in config.conv_layers:
+            self.convs.append(StridedConv(channels_in, channels, kernel, stride))
+            channels_in = channels
+        self.norm = ChannelNorm(config.conv_layers[0][0], config.layer_norm_eps)
+
+    def __call__(self, samples: mx.array) -> mx.array:
+        x = samples[:, :, None]  # (B, N, 1)
+        for i, conv in enumerate(self.convs):
+            x = conv(x)
+            if i == 0:
+                x = self.norm(x)
+            x = gelu(x)
+        return x
+
+
+class PositionalConv(nn.Module):
+    """GELU(grouped conv, kernel K, padding K/2, last frame dropped): (B, T, C) -> (B, T, C).
+
+    weight: (C, K, C / groups) with weight norm already folded; bias: (C,). The grouped conv runs as one
+    plain convolution per group, several times faster on CPU than `mx.conv1d(groups=...)`.
+    """
+
+    def __init__(self, channels: int, kernel_size: int, groups: int):
+        super().__init__()
+        self.groups = groups
+        self.kernel_size = kernel_size
+        self.weight = mx.zeros((channels, kernel_size, channels // groups))
+        self.bias = mx.zeros((channels,))
+
+    def __call__(self, x: mx.array) -> mx.array:
+        t = x.shape[1]
+        width = x.shape[2] // self.groups
+        pad = self.kernel_size // 2
+        xp = mx.pad(x, [(0, 0), (pad, pad), (0, 0)])  # (B, T + K, C)
+        parts = [
+            mx.conv1d(xp[..., g * width : (g + 1) * width], self.weight[g * width : (g + 1) * width])
+            for g in range(self.groups)
+        ]
+        y = mx.concatenate(parts, axis=-1)[:, :t] + self.bias  # SamePad: T + 1 frames, the last dropped
+        return gelu(y)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with fused q/k/v: (B, T, C) -> (B, T, C)."""
+
+    def __init__(self, dims: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dims, 3 * dims)  # rows: q, then k, then v
+        self.out = nn.Linear(dims, dims)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        b, t, c = x.shape
+        h = self.num_heads
+        qkv = self.qkv(x).reshape(b, t, 3, h, c // h).transpose(2, 0, 3, 1, 4)  # (3, B, H, T, D)
+        y = mx.fast.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], scale=(c // h) ** -0.5)
+        return self.out(y.transpose(0, 2, 1, 3).reshape(b, t, c))  # (B, T, C)
+
+
+class EncoderLayer(nn.Module):
+    """Post-norm transformer layer: (B, T, C) -> (B, T, C)."""
+
+    def __init__(self, config: HubertConfig):
+        super().__init__()
+        c = config.hidden_size
+        self.attn = SelfAttention(c, config.num_heads)
+        self.attn_norm = nn.LayerNorm(c, eps=config.layer_norm_eps)
+        self.fc1 = nn.Linear(c, config.ffn_size)
+        self.fc2 = nn.Linear(config.ffn_size, c)
+        self.final_norm = nn.LayerNorm(c, eps=config.layer_norm_eps)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        x = self.attn_norm(x + self.attn(x))
+        return self.final_norm(x + self.fc2(gelu(self.fc1(x))))
+
+
+class HubertModel(nn.Module):
+    """HuBERT content encoder. Parameter names are those of the native file (kind "hubert")."""
+
+    def __init__(self, config: HubertConfig = HubertConfig()):
+        super().__init__()
+        self.config = config
+        c = config.hidden_size
+        self.feature_extractor = FeatureExtractor(config)
+        self.feature_norm = nn.LayerNorm(config.conv_layers[-1][0], eps=config.layer_norm_eps)
+        self.feature_proj = nn.Linear(config.conv_layers[-1][0], c)
+        self.pos_conv = PositionalConv(c, config.pos_conv_kernel, config.pos_conv_groups)
+        self.encoder_norm = nn.LayerNorm(c, eps=config.layer_norm_eps)
+        self.layers = [EncoderLayer(config) for _ in range(config.num_layers)]
+        if config.final_proj_size is not None:
+            self.final_proj = nn.Linear(c, config.final_proj_size)
+
+    def _check_audio(self, samples) -> mx.array:
+        """Validate and return the input as float32 (B, N)."""
+        if not isinstance(samples, mx.array):
+            samples = np.asarray(samples)
+            if samples.dtype.kind not in "fiu":
+                raise AudioError(None, f"audio must be numeric samples, got dtype {samples.dtype}")
+            samples = mx.array(samples)
+        if samples.ndim == 1:
+            samples = samples[None]
+        if samples.ndim != 2:
+            raise AudioError(None, f"audio must be (samples,) or (batch, samples), got shape {samples.shape}")
+        samples = samples.astype(mx.float32)
+        n, need = samples.shape[1], self.config.window_length
+        if samples.size == 0:
+            raise AudioError(None, "audio is empty")
+        if n < need:
+            ms = need / SAMPLE_RATE * 1000
+            raise AudioError(
+                None, f"audio has {n} samples; HuBERT needs at least {need} ({ms:g} ms at {SAMPLE_RATE} Hz) "
+                "for one frame"
+            )
+        if not mx.all(mx.isfinite(samples)).item():
+            raise AudioError(None, "audio contains NaN or infinite samples")
+        return samples
+
+    def extract_features(self, samples, output_layer: int | None = None) -> mx.array:
+        """Features after transformer layer `output_layer` (1-based; None: the last).
+
+        samples: (N,) or (B, N) 16 kHz float audio, not normalised. Returns (B, T, hidden_size) float32
+        with T = config.num_frames(N). Raises AudioError for empty, too short or non-finite audio.
+        """
+        n_layers = self.config.num_layers
+        if output_layer is None:
+            output_layer = n_layers
+        if not 1 <= output_layer <= n_layers:
+            raise ValueError(f"output_layer must be in 1..{n_layers}, got {output_layer}")
+        x = self.feature_extractor(self._check_audio(samples))  # (B, T, 512)
+        x = self.feature_proj(self.feature_norm(x))  # (B, T, C)
+        x = self.encoder_norm(x + self.pos_conv(x))
+        for layer in self.layers[:output_layer]:
+            x = layer(x)
+        return x
+
+    def project(self, features: mx.array) -> mx.array:
+        """`final_proj`: (B, T, hidden_size) -> (B, T, final_proj_size)."""
+        if self.config.final_proj_size is None:
+            raise ValueError("this checkpoint has no final_proj (RVC v1 needs one: use RVC's hubert_base.pt)")
+        return self.final_proj(features)
+
+    def content_features(self, samples, version: str) -> mx.array:
+        """What RVC's pipeline feeds the voice model: v1 = final_proj(layer 9) (B, T, 256), v2 = layer 12."""
+        if version == "v1":
+            return self.project(self.extract_features(samples, output_layer=9))
+        if version == "v2":
+            return self.extract_features(samples, output_layer=12)
+        raise ValueError(f"version must be 'v1' or 'v2', got {version!r}")
