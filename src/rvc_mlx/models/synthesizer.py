@@ -21,7 +21,7 @@ import mlx.nn as nn
 from rvc_mlx.errors import CheckpointError
 from rvc_mlx.models.flow import ResidualCouplingBlock
 from rvc_mlx.models.generator import Generator
-from rvc_mlx.models.text_encoder import TextEncoder
+from rvc_mlx.models.text_encoder import PITCH_BINS, TextEncoder
 
 SAMPLE_RATE_NAMES = {"32k": 32000, "40k": 40000, "48k": 48000}  # RVC's names for its sample rates
 CONTENT_CHANNELS = {"v1": 256, "v2": 768}  # content-feature width per RVC version (HuBERT layer 9 / 12)
@@ -277,6 +277,8 @@ class Synthesizer(nn.Module):
                 raise ValueError(
                     f"pitch and f0_hz must be (B, T) = {(b, t)}, got {pitch.shape}, {f0_hz.shape}"
                 )
+            if int(mx.min(pitch)) < 0 or int(mx.max(pitch)) >= PITCH_BINS:
+                raise ValueError(f"coarse pitch must be in [0, {PITCH_BINS})")
         elif pitch is not None or f0_hz is not None:
             raise ValueError("this voice has no pitch input (f0=0): pass pitch=None, f0_hz=None")
         if lengths is not None:
