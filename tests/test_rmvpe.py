@@ -224,6 +224,18 @@ def test_chunked_unet_equals_single_pass(shallow):
     np.testing.assert_allclose(np.array(model(mel, chunk_frames=128)), np.array(model(mel)), atol=1e-6)
 
 
+def test_slabbed_stages_equal_single_pass(shallow):
+    """Each U-Net stage runs in slabs with its own halo (memory bound); tiny slabs change nothing but
+    rounding, including a slab size that does not divide the level lengths."""
+    _, model = shallow
+    mel = mx.array(np.random.default_rng(10).standard_normal((1, 320, 128)).astype(np.float32))
+    whole = np.array(model.unet(mel, slab_frames=None))
+    scale = np.max(np.abs(whole))
+    for slab in (16, 24, 100):
+        err = np.max(np.abs(np.array(model.unet(mel, slab_frames=slab)) - whole)) / scale
+        assert err <= 1e-6, (slab, err)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Checkpoints
 # ---------------------------------------------------------------------------------------------------------
@@ -292,6 +304,8 @@ def test_estimate_f0_resamples_and_finds_the_default_model(shallow, shallow_pt, 
     np.testing.assert_array_equal(f0, rmvpe.f0_from_audio(model, x16, chunk_frames=None))
     f0_const = pitch.estimate_f0(speech, 16000, model=shallow_pt, mel_padding="constant", threshold=0.5)
     np.testing.assert_array_equal(f0_const, rmvpe.f0_from_audio(model, speech, 0.5, "constant"))
+    f0_obj = pitch.estimate_f0(speech, 16000, model=model)  # an already loaded model
+    np.testing.assert_array_equal(f0_obj, rmvpe.f0_from_audio(model, speech))
     loaded = pitch.cached_model("rmvpe", shallow_pt, ckpt.load_rmvpe)
     assert pitch.cached_model("rmvpe", shallow_pt, ckpt.load_rmvpe) is loaded
     assert "rmvpe" in pitch.available_methods()

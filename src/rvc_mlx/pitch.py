@@ -29,7 +29,8 @@ class PitchMethod:
     """One registry entry."""
 
     name: str  # the `method=` value, e.g. "rmvpe"
-    # (mono float32 audio at `sample_rate`, model path or None, **options) -> f0 in Hz (frames,), 0 = unvoiced
+    # (mono float32 audio at `sample_rate`, model path / loaded model / None, **options) -> f0 in Hz
+    # (0 = unvoiced)
     estimate: Callable[..., np.ndarray]
     sample_rate: int = PITCH_SAMPLE_RATE  # Hz the estimator expects its input at
     default_model: str | None = None  # file name under the models directory; None: the method has no weights
@@ -130,14 +131,14 @@ def _resample(x: np.ndarray, from_hz: int, to_hz: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def estimate_f0(audio, sample_rate: int, *, method: str = "rmvpe", model: str | os.PathLike | None = None,
-                **options) -> np.ndarray:
+def estimate_f0(audio, sample_rate: int, *, method: str = "rmvpe", model=None, **options) -> np.ndarray:
     """f0 in Hz of mono ``audio`` (N,) at ``sample_rate`` Hz; 0 where unvoiced.
 
     For the 16 kHz methods (all of RVC's) the result has one value per 160 samples of the 16 kHz signal
-    (100 frames/s; RMVPE gives 1 + N16 // 160 frames). ``model``: the method's weights (default
-    ``<models dir>/<file>``, models dir = ``$RVC_MLX_HOME`` or ``~/.cache/rvc-mlx``). ``options`` go to
-    the method (RMVPE: ``threshold``, ``mel_padding``, ``chunk_frames``).
+    (100 frames/s; RMVPE gives 1 + N16 // 160 frames). ``model``: the path of the method's weights
+    (default ``<models dir>/<file>``, models dir = ``$RVC_MLX_HOME`` or ``~/.cache/rvc-mlx``) or a model
+    the method loaded already (e.g. an `rvc_mlx.models.rmvpe.RMVPE`). ``options`` go to the method
+    (RMVPE: ``threshold``, ``mel_padding``, ``chunk_frames``).
 
     Raises AudioError for empty, too short, non-finite or non-mono audio or a bad ``sample_rate``;
     CheckpointError when the model file is missing or is not the method's model; ValueError for an
@@ -154,7 +155,9 @@ def estimate_f0(audio, sample_rate: int, *, method: str = "rmvpe", model: str | 
                                f"needs at least {need} ({need / entry.sample_rate:.2f} s)")
     if model is None and entry.default_model is not None:
         model = default_model_path(entry.default_model)
-    return entry.estimate(x, None if model is None else os.fspath(model), **options)
+    if isinstance(model, (str, os.PathLike)):
+        model = os.fspath(model)
+    return entry.estimate(x, model, **options)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -162,7 +165,7 @@ def estimate_f0(audio, sample_rate: int, *, method: str = "rmvpe", model: str | 
 # ---------------------------------------------------------------------------------------------------------
 
 RMVPE_MIN_SAMPLES = 2560  # 17 frames: the fewest for which reflect-padding to 32 frames is defined
-RMVPE_CHUNK_FRAMES = 4096  # default U-Net chunk (frames kept per chunk; bounds memory on long inputs)
+RMVPE_CHUNK_FRAMES = 16384  # U-Net chunk: frames kept per chunk (~164 s); bounds memory on long inputs
 
 
 def _load_rmvpe(path: str):
@@ -171,16 +174,20 @@ def _load_rmvpe(path: str):
     return load_rmvpe(path)
 
 
-def _estimate_rmvpe(x: np.ndarray, model_path: str | None, *, threshold: float | None = None,
-                    mel_padding: str = "reflect",
+def _estimate_rmvpe(x: np.ndarray, model, *, threshold: float | None = None, mel_padding: str = "reflect",
                     chunk_frames: int | None = RMVPE_CHUNK_FRAMES) -> np.ndarray:
     from rvc_mlx.models import rmvpe
 
-    if model_path is None or not Path(model_path).is_file():
-        raise CheckpointError(model_path, "RMVPE weights not found (run `rvc-mlx download` or pass model=)")
     if mel_padding not in rmvpe.MEL_PADDINGS:
         raise ValueError(f"mel_padding must be one of {rmvpe.MEL_PADDINGS}, got {mel_padding!r}")
-    net = cached_model("rmvpe", model_path, _load_rmvpe)
+    if isinstance(model, rmvpe.RMVPE):
+        net = model
+    elif isinstance(model, str):
+        if not Path(model).is_file():
+            raise CheckpointError(model, "RMVPE weights not found (run `rvc-mlx download` or pass model=)")
+        net = cached_model("rmvpe", model, _load_rmvpe)
+    else:
+        raise TypeError(f"model must be a path or an RMVPE model, got {type(model).__name__}")
     threshold = rmvpe.DEFAULT_THRESHOLD if threshold is None else threshold
     return rmvpe.f0_from_audio(net, x, threshold, mel_padding, chunk_frames)
 

@@ -1,7 +1,8 @@
 """RMVPE weights: the PyTorch ``rmvpe.pt`` (a plain ``E2E`` state dict) or our native file (kind "rmvpe").
 
 Conversion (once, at load): every batch norm after a convolution is folded into it (weight * scale, bias =
-shift); the encoder's input norm becomes a scale and shift; 2-D conv weights go to (C_out, kH, kW, C_in);
+shift); the encoder's input norm becomes a scale and shift; 3x3 conv weights go to the (3 C_in, 3 C_out)
+layout of `Conv3x3`;
 each transposed conv becomes the 2x2 four-phase conv `UpConv` expects; 1x1 convs, the GRU and the linear
 layer are stored (in, out); the GRU input columns follow our (mel_bin, channel) feature order.
 """
@@ -127,16 +128,27 @@ def _f64(state: dict, key: str) -> np.ndarray:
     return np.asarray(state[key], dtype=np.float64)
 
 
+def _f32(state: dict, key: str) -> np.ndarray:
+    """Large weights stay float32 (one rounding per folded product, like the reference's float32 math)."""
+    return np.asarray(state[key], dtype=np.float32)
+
+
 def _bn(state: dict, prefix: str) -> tuple[np.ndarray, np.ndarray]:
     """(scale, shift) of an eval-mode batch norm."""
     scale = _f64(state, f"{prefix}.weight") / np.sqrt(_f64(state, f"{prefix}.running_var") + BN_EPS)
     return scale, _f64(state, f"{prefix}.bias") - _f64(state, f"{prefix}.running_mean") * scale
 
 
+def _conv3x3_rows(w: np.ndarray) -> np.ndarray:
+    """(C_out, C_in, 3 time, 3 mel) -> `Conv3x3` layout (3 C_in, 3 C_out): rows (mel tap, C_in), columns
+    (time tap, C_out)."""
+    c_out, c_in = w.shape[:2]
+    return w.transpose(3, 1, 2, 0).reshape(3 * c_in, 3 * c_out)
+
+
 def _conv_bn(state: dict, conv: str, bn: str, out: dict, name: str) -> None:
     scale, shift = _bn(state, bn)
-    w = _f64(state, conv) * scale[:, None, None, None]  # (C_out, C_in, kH, kW)
-    out[f"{name}.weight"] = w.transpose(0, 2, 3, 1)  # (C_out, kH, kW, C_in)
+    out[f"{name}.weight"] = _conv3x3_rows(_f32(state, conv) * scale.astype(np.float32)[:, None, None, None])
     out[f"{name}.bias"] = shift
 
 
@@ -154,9 +166,9 @@ _PHASE_TAP = {(0, 0): 1, (0, 1): None, (1, 0): 2, (1, 1): 0}
 
 def _up_conv(state: dict, src: str, dst: str, out: dict) -> None:
     scale, shift = _bn(state, f"{src}.1")
-    wt = _f64(state, f"{src}.0.weight") * scale[None, :, None, None]  # (C_in, C_out, 3, 3)
+    wt = _f32(state, f"{src}.0.weight") * scale.astype(np.float32)[None, :, None, None]  # (C_in, C_out, 3, 3)
     c_in, c_out = wt.shape[:2]
-    w = np.zeros((2, 2, c_out, 2, 2, c_in))  # (phase_t, phase_f, C_out, dt, df, C_in)
+    w = np.zeros((2, 2, c_out, 2, 2, c_in), dtype=np.float32)  # (phase_t, phase_f, C_out, dt, df, C_in)
     for (pa, da), ka in _PHASE_TAP.items():
         for (pb, db), kb in _PHASE_TAP.items():
             if ka is not None and kb is not None:
@@ -183,7 +195,7 @@ def convert_rmvpe_state(state: dict[str, np.ndarray], path=None) -> tuple[dict[s
         _up_conv(state, f"unet.decoder.layers.{i}.conv1", f"unet.decoder.{i}.up", out)
         for b in range(n):
             _res_block(state, f"unet.decoder.layers.{i}.conv2.{b}", f"unet.decoder.{i}.stage.blocks.{b}", out)
-    out["unet.head.weight"] = _f64(state, "cnn.weight").transpose(0, 2, 3, 1)
+    out["unet.head.weight"] = _conv3x3_rows(_f32(state, "cnn.weight"))
     out["unet.head.bias"] = _f64(state, "cnn.bias")
 
     h = config.gru_hidden
@@ -191,19 +203,19 @@ def convert_rmvpe_state(state: dict[str, np.ndarray], path=None) -> tuple[dict[s
     perm = (np.arange(3)[None, :] * N_MELS + np.arange(N_MELS)[:, None]).reshape(-1)  # ours -> reference
     w_ih, b_ih, w_hh, b_hn = [], [], [], []
     for suffix in ("", "_reverse"):
-        wi = _f64(state, f"fc.0.gru.weight_ih_l0{suffix}")  # (3H, 384)
+        wi = _f32(state, f"fc.0.gru.weight_ih_l0{suffix}")  # (3H, 384)
         bi = _f64(state, f"fc.0.gru.bias_ih_l0{suffix}").copy()
         bh = _f64(state, f"fc.0.gru.bias_hh_l0{suffix}")
         bi[: 2 * h] += bh[: 2 * h]  # r and z see b_ih + b_hh; n keeps b_hn inside r * (...)
         w_ih.append(wi[:, perm].T)  # (384, 3H)
         b_ih.append(bi)
-        w_hh.append(_f64(state, f"fc.0.gru.weight_hh_l0{suffix}").T)  # (H, 3H)
+        w_hh.append(_f32(state, f"fc.0.gru.weight_hh_l0{suffix}").T)  # (H, 3H)
         b_hn.append(bh[None, 2 * h :])  # (1, H)
     out["gru.w_ih"] = np.concatenate(w_ih, axis=1)
     out["gru.b_ih"] = np.concatenate(b_ih)
     out["gru.w_hh"] = np.stack(w_hh)
     out["gru.b_hn"] = np.stack(b_hn)
-    out["fc.weight"] = _f64(state, "fc.1.weight").T
+    out["fc.weight"] = _f32(state, "fc.1.weight").T
     out["fc.bias"] = _f64(state, "fc.1.bias")
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}, config
 
