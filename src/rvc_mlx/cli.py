@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_doctor(seconds=args.seconds)
         if args.command == "bench":
-            from rvc_mlx.doctor import run_bench
+            from rvc_mlx.bench import run_bench
 
             return run_bench(args.seconds)
     except RVCError as e:
