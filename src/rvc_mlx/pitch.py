@@ -4,11 +4,13 @@ Every method receives mono float32 audio at its own sample rate (16 kHz for all 
 input is resampled with soxr HQ when needed) and returns f0 in Hz, 0 where unvoiced. Methods that need
 weights get a path (default: ``<models dir>/<default_model>``); loaded models are cached per file.
 
-Adding a method is one `register_method(PitchMethod(...))` call in the module that implements it.
+Adding a method is one `register_method(PitchMethod(...))` call at the bottom of the module that implements
+it, plus its module name in `_PROVIDERS` so `estimate_f0` imports it on first use.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import threading
 from collections.abc import Callable
@@ -38,6 +40,14 @@ class PitchMethod:
 
 
 _REGISTRY: dict[str, PitchMethod] = {}
+# method -> module that registers it when imported (imported on first use, keeping start-up light)
+_PROVIDERS = {
+    "fcpe": "rvc_mlx.models.fcpe",
+    "crepe": "rvc_mlx.models.crepe",
+    "crepe-tiny": "rvc_mlx.models.crepe",
+    "pm": "rvc_mlx.classic_f0",
+    "harvest": "rvc_mlx.classic_f0",
+}
 
 
 def register_method(method: PitchMethod) -> None:
@@ -45,8 +55,19 @@ def register_method(method: PitchMethod) -> None:
     _REGISTRY[method.name] = method
 
 
+def _lookup(method: str) -> PitchMethod | None:
+    if method not in _REGISTRY and method in _PROVIDERS:
+        importlib.import_module(_PROVIDERS[method])
+    return _REGISTRY.get(method)
+
+
 def available_methods() -> list[str]:
-    """Names accepted by `estimate_f0`."""
+    """Names accepted by `estimate_f0` (imports the provider modules)."""
+    for method in _PROVIDERS:
+        try:
+            _lookup(method)
+        except ImportError:  # a provider whose optional dependencies are missing is just not available
+            pass
     return sorted(_REGISTRY)
 
 
@@ -144,9 +165,9 @@ def estimate_f0(audio, sample_rate: int, *, method: str = "rmvpe", model=None, *
     CheckpointError when the model file is missing or is not the method's model; ValueError for an
     unknown method.
     """
-    if method not in _REGISTRY:
+    entry = _lookup(method)
+    if entry is None:
         raise ValueError(f"unknown f0 method {method!r}; available: {', '.join(available_methods())}")
-    entry = _REGISTRY[method]
     sr = _check_sample_rate(sample_rate)
     x = _resample(_as_mono_float(audio), sr, entry.sample_rate)
     if x.size < entry.min_samples:
