@@ -24,7 +24,8 @@ import soxr
 
 from rvc_mlx.errors import AudioError
 
-RESAMPLE_QUALITY = "VHQ"  # soxr's very-high-quality preset
+RESAMPLE_QUALITY = "VHQ"  # soxr's very-high-quality preset, for decoding inputs
+OUTPUT_RESAMPLE_QUALITY = "HQ"  # soxr's high-quality preset: what librosa.resample (RVC's) uses
 DEFAULT_SUBTYPE = "PCM_16"  # what save_audio writes to WAV/FLAC unless told otherwise
 
 # extension -> (libsndfile container, default subtype)
@@ -34,6 +35,16 @@ _FORMATS = {
     ".ogg": ("OGG", "VORBIS"),
     ".mp3": ("MP3", "MPEG_LAYER_III"),
 }
+
+
+def resample(audio: np.ndarray, orig_rate: int, target_rate: int,
+             quality: str = OUTPUT_RESAMPLE_QUALITY) -> np.ndarray:
+    """Resample mono (T,) or channels-last (T, C) float audio with soxr; float32 out."""
+    if int(orig_rate) == int(target_rate):
+        return np.asarray(audio, dtype=np.float32)
+    audio = np.asarray(audio, dtype=np.float32)
+    out = soxr.resample(audio, int(orig_rate), int(target_rate), quality=quality)
+    return np.ascontiguousarray(out, dtype=np.float32)
 
 
 def mp3_supported() -> bool:
@@ -85,7 +96,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int | None = None,
     if mono:
         audio = audio.mean(axis=1, dtype=np.float32)  # (T,)
     if sample_rate is not None and int(sample_rate) != file_rate:
-        audio = soxr.resample(audio, file_rate, int(sample_rate), quality=RESAMPLE_QUALITY)
+        audio = resample(audio, file_rate, int(sample_rate), quality=RESAMPLE_QUALITY)
         file_rate = int(sample_rate)
         if audio.shape[0] == 0:
             raise AudioError(path, f"too short to resample to {file_rate} Hz")
