@@ -25,7 +25,7 @@ from rvc.lib.infer_pack import models as ref_models
 
 from rvc_mlx.checkpoints.voice import load_voice
 from rvc_mlx.models.conv import conv_impl
-from rvc_mlx.models.generator import sine_source
+from rvc_mlx.models.nsf_source import sine_source
 
 TOL = 1e-4
 pytestmark = pytest.mark.filterwarnings("ignore:.*weight_norm.*:FutureWarning")  # the reference's weight_norm
@@ -256,13 +256,19 @@ def test_deterministic_and_seeded_draws(tmp_path):
         voice.infer(content, deterministic=True)
 
 
-@pytest.mark.parametrize("harmonics", [0, 1])
-def test_sine_source_matches_sinegen_on_long_input(monkeypatch, harmonics):
-    """The excitation alone over 2000 frames × 400 samples (float32 running sums would drift ~1e-3 cycles)."""
+@pytest.mark.parametrize("harmonics,exact", [(0, True), (1, True), (0, False)])
+def test_sine_source_matches_sinegen_on_long_input(monkeypatch, harmonics, exact):
+    """The excitation alone over 2000 frames × 400 samples (float32 running sums would drift ~1e-3 cycles).
+
+    exact: the reference's float64 running sums (CPU default); else float64 only per frame (GPU default),
+    checked for RVC's source (no overtones; an overtone's random start phase lets the reference's phase run
+    to ~300 cycles, where float32 ulps differ by 3e-5).
+    """
     rng = np.random.default_rng(3)
     frames, upp, sample_rate = 2000, 400, 40000
     f0 = 200 + 150 * np.sin(np.arange(frames) / 37) + rng.uniform(-5, 5, frames)
     f0[100:180] = 0.0
+    f0[1500:1510] = 1900.0  # several wraps per frame
     f0 = f0[None].astype(np.float32)
     noise = rng.standard_normal((1, frames * upp, harmonics + 1)).astype(np.float32)
     phase = rng.uniform(size=(1, harmonics + 1)).astype(np.float32)
@@ -270,7 +276,9 @@ def test_sine_source_matches_sinegen_on_long_input(monkeypatch, harmonics):
     monkeypatch.setattr(torch, "rand", lambda *a, **k: torch.from_numpy(phase.copy()))
     with torch.no_grad():
         want = ref_models.SineGen(sample_rate, harmonic_num=harmonics)(torch.from_numpy(f0), upp)[0].numpy()
-    got = sine_source(mx.array(f0), upp, sample_rate, mx.array(noise), mx.array(phase), harmonics=harmonics)
+    got = sine_source(
+        mx.array(f0), upp, sample_rate, mx.array(noise), mx.array(phase), harmonics=harmonics, exact=exact
+    )
     err = rel_err(got, want)
-    print(f"sine source, {harmonics} harmonics: rel err {err:.2e}")
-    assert err <= 1e-6
+    print(f"sine source, {harmonics} harmonics, exact={exact}: rel err {err:.2e}")
+    assert err <= (1e-6 if exact else 2e-5)
