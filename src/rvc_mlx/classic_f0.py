@@ -83,3 +83,13 @@ def harvest_f0(audio_16k: np.ndarray, *, filter_radius: int = 3, frame_period_ms
 
         f0 = signal.medfilt(f0, 3)
     return f0
+
+
+def _register() -> None:
+    from rvc_mlx.pitch import PitchMethod, register_method
+
+    register_method(PitchMethod("pm", lambda audio, model, **kw: pm_f0(audio, **kw)))
+    register_method(PitchMethod("harvest", lambda audio, model, **kw: harvest_f0(audio, **kw)))
+
+
+_register()

