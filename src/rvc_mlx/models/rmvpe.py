@@ -283,7 +283,7 @@ class BiGRU(nn.Module):
     def __call__(self, x: mx.array) -> mx.array:
         b, t, _ = x.shape
         hid = self.w_hh.shape[1]
-        xi = (x @ self.w_ih + self.b_ih).reshape(b, t, 2, 3 * hid)  # all frames, both directions at once
+        xi = (x @ self.w_ih + self.b_ih).reshape(b, t, 2, 3 * hid)  # (B, T, 2, 3H): all frames, one GEMM
         xi = mx.stack([xi[:, :, 0], xi[:, ::-1, 1]], axis=0)  # (2, B, T, 3H), backward in reversed time
         xi = xi.transpose(2, 0, 1, 3)  # (T, 2, B, 3H)
         h = mx.zeros((2, b, hid), dtype=x.dtype)
@@ -424,7 +424,8 @@ def decode(salience: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> np.nda
     padded = np.pad(salience, ((0, 0), (4, 4)))  # (T, 368)
     idx = center[:, None] + np.arange(-4, 5)[None, :]  # (T, 9)
     window = np.take_along_axis(padded, idx, axis=1)
-    cents = np.sum(window * CENTS_MAPPING[idx], 1) / np.sum(window, 1)
+    with np.errstate(invalid="ignore", divide="ignore"):  # all-zero rows: masked as unvoiced just below
+        cents = np.sum(window * CENTS_MAPPING[idx], 1) / np.sum(window, 1)
     cents[np.max(padded, axis=1) <= threshold] = 0
     f0 = 10 * (2 ** (cents / 1200))
     f0[f0 == 10] = 0
