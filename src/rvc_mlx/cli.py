@@ -16,8 +16,9 @@ def _add_infer(sub) -> None:
     p.add_argument("--hubert", help="content encoder (default: hubert_base.pt in the models directory)")
     p.add_argument("--rmvpe", help="RMVPE weights (default: rmvpe.pt in the models directory)")
     p.add_argument("--index", help="retrieval index (.index); default: the one stored in the model, if any")
-    p.add_argument("--index-mode", choices=["exact", "faiss"], default="exact",
-                   help="exact k-NN (default) or faiss-compatible IVF search with nprobe 1")
+    p.add_argument("--index-mode", choices=["exact", "ivf", "faiss"], default="exact",
+                   help="exact k-NN (default); 'ivf': faiss's IVF nprobe-1 search in MLX, the neighbours RVC "
+                        "finds; 'faiss': the same through faiss-cpu")
     p.add_argument("--pitch-shift", type=float, default=0.0, help="transposition in semitones")
     p.add_argument("--f0-method", default="rmvpe",
                    choices=["rmvpe", "fcpe", "crepe", "crepe-tiny", "pm", "harvest"])

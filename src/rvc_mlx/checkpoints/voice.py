@@ -9,7 +9,8 @@ weights to MLX layout (Conv1d (C_out, C_in, K) -> (C_out, K, C_in); the upsampli
 (C_in, C_out, K) -> (C_out, K, C_in)) and casts to float32, once, at load.
 
 Our native file (`rvc_mlx.checkpoints.native`, kind "voice") holds the converted float32 weights and, in its
-meta, the RVC config list, version, f0, vocoder and info string.
+meta, the RVC config list, version, f0, vocoder and info string; optionally also the voice's retrieval index
+(`rvc_mlx.index.FeatureIndex.to_arrays()` under the ``index.`` prefix), so one file is the whole voice.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ _WEIGHT_NORM_SUFFIXES = (
     (".parametrizations.weight.original0", ".parametrizations.weight.original1"),  # parametrizations API
 )
 _TRAINING_ONLY = ("enc_q.",)  # state-dict prefixes inference never uses
+INDEX_PREFIX = "index."  # native-file keys of a stored retrieval index
 _TRANSPOSED_CONV = re.compile(r"^dec\.ups\.\d+\.weight$")  # ConvTranspose1d weights: torch (C_in, C_out, K)
 
 
@@ -149,18 +151,40 @@ def load_voice(path: str | os.PathLike) -> Synthesizer:
 
     if native.is_native(path):
         weights, meta = native.load_native(path, KIND)
+        weights = {k: v for k, v in weights.items() if not k.startswith(INDEX_PREFIX)}
         return build_voice(_native_config(meta, path), weights, path)
     config, weights = read_voice(path)
     return build_voice(config, weights, path)
 
 
-def convert_voice(src: str | os.PathLike, dst: str | os.PathLike) -> VoiceConfig:
-    """Convert an RVC `.pth` voice to our native file `dst` (checked by a strict load first)."""
+def stored_index(path: str | os.PathLike):
+    """The retrieval index stored in a native voice file (a `FeatureIndex`), or None (also for `.pth`)."""
+    from rvc_mlx.checkpoints import native
+    from rvc_mlx.index import FeatureIndex
+
+    if not native.is_native(path):
+        return None
+    arrays, _ = native.load_native(path, KIND)
+    stored = {k[len(INDEX_PREFIX):]: np.asarray(v) for k, v in arrays.items() if k.startswith(INDEX_PREFIX)}
+    return FeatureIndex.from_arrays(stored, path=path) if stored else None
+
+
+def convert_voice(src: str | os.PathLike, dst: str | os.PathLike,
+                  index: str | os.PathLike | None = None) -> VoiceConfig:
+    """Convert an RVC `.pth` voice to our native file `dst` (checked by a strict load first), with the
+    vectors of the RVC `.index` file ``index`` stored alongside if given."""
     from rvc_mlx.checkpoints import native, torch_pickle
+    from rvc_mlx.index import FeatureIndex
 
     ckpt = torch_pickle.load(src)
     config, weights = decode_checkpoint(ckpt, src)
     build_voice(config, weights, src)  # raises on any missing, unexpected or wrong-shaped weight
+    if index is not None:
+        feature_index = FeatureIndex.load(index)
+        if feature_index.dim != config.content_channels:
+            raise CheckpointError(index, f"holds {feature_index.dim}-d vectors but the {config.version} "
+                                         f"voice takes {config.content_channels}-d features")
+        weights = {**weights, **{INDEX_PREFIX + k: v for k, v in feature_index.to_arrays().items()}}
     meta = {
         "rvc_config": config.to_rvc(),
         "version": config.version,
@@ -176,7 +200,8 @@ def voice_info(path: str | os.PathLike) -> dict:
     """What a voice file holds (for `rvc-mlx info`).
 
     Keys: format ("rvc-pth" or "rvc-mlx"), version, f0, sample_rate (Hz), speakers, hop_length (samples per
-    frame), parameters (count after weight-norm folding), vocoder, info (RVC's training note).
+    frame), parameters (count after weight-norm folding), vocoder, info (RVC's training note), index_vectors
+    (retrieval vectors stored in a native file, 0 if none).
     """
     from rvc_mlx.checkpoints import native, torch_pickle
 
@@ -188,6 +213,9 @@ def voice_info(path: str | os.PathLike) -> dict:
         ckpt = torch_pickle.load(path)
         config, weights = decode_checkpoint(ckpt, path)
         fmt, info = "rvc-pth", str(torch_pickle.to_plain(ckpt.get("info", "")))
+    index_keys = [k for k in weights if k.startswith(INDEX_PREFIX)]
+    stored = weights.get(INDEX_PREFIX + "vectors")
+    weights = {k: v for k, v in weights.items() if k not in index_keys}
     return {
         "format": fmt,
         "version": config.version,
@@ -198,4 +226,5 @@ def voice_info(path: str | os.PathLike) -> dict:
         "parameters": int(sum(int(np.prod(w.shape)) for w in weights.values())),
         "vocoder": "HiFi-GAN",
         "info": info,
+        "index_vectors": 0 if stored is None else int(stored.shape[0]),
     }
