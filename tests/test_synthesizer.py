@@ -241,7 +241,7 @@ def test_deterministic_and_seeded_draws(tmp_path):
     _, config = make_voice(path, "v1", 1, 40000)
     content, pitch, f0, noise, sine_noise = make_inputs(config, "v1", 12)
     voice = load_voice(path)
-    zeros = voice.infer(content, None, pitch, f0, 0, noise=mx.array(noise), sine_noise=mx.array(sine_noise))
+    zeros = voice.infer(content, None, pitch, f0, 0, noise=noise, sine_noise=sine_noise)  # numpy draws
     det = voice.infer(content, None, pitch, f0, 0, deterministic=True)
     assert np.array_equal(np.array(det), np.array(zeros))
     key = mx.random.key(7)
@@ -254,6 +254,8 @@ def test_deterministic_and_seeded_draws(tmp_path):
         voice.infer(content, None, pitch, f0, 5, deterministic=True)
     with pytest.raises(ValueError, match="pitch"):
         voice.infer(content, deterministic=True)
+    with pytest.raises(ValueError, match="coarse pitch"):
+        voice.infer(content, None, pitch + 300, f0, 0, deterministic=True)
 
 
 @pytest.mark.parametrize("harmonics,exact", [(0, True), (1, True), (0, False)])

@@ -289,6 +289,9 @@ class Synthesizer(nn.Module):
         if sid.size != b or int(mx.min(sid)) < 0 or int(mx.max(sid)) >= c.spk_embed_dim:
             raise ValueError(f"speaker_id must be in [0, {c.spk_embed_dim}) (one or one per batch item)")
 
+        noise, sine_noise, rand_phase = (
+            None if a is None else mx.array(a).astype(mx.float32) for a in (noise, sine_noise, rand_phase)
+        )
         if deterministic:
             noise = mx.zeros((b, t, c.inter_channels)) if noise is None else noise
         elif noise is None or (c.f0 and sine_noise is None) or (c.f0 and rand_phase is None):
