@@ -129,9 +129,8 @@ class Conv1d(nn.Module):
     def __call__(self, x: mx.array) -> mx.array:
         """x: (B, T, C_in) -> (B, T_out, C_out)."""
         if _use_gemm() and (self.dilation == 1 or self.stride == 1):
-            y = self._gemm(x)
-        else:
-            y = mx.conv1d(x, self.weight, self.stride, self.padding, self.dilation, self.groups)
+            return self._gemm(x)  # adds the bias in its first matmul
+        y = mx.conv1d(x, self.weight, self.stride, self.padding, self.dilation, self.groups)
         if "bias" in self:
             y = y + self.bias
         return y
@@ -155,14 +154,16 @@ class Conv1d(nn.Module):
         if g > 1:
             x = x.reshape(b, n_frames, s, g, c_in // g).transpose(0, 3, 1, 2, 4)
             x = x.reshape(b, g, n_frames, s * c_in // g)  # (B, G, frames, s·C_in/G)
-            w_taps = w
         else:
             x = x[:, None]  # (B, 1, frames, s·C_in)
-            w_taps = w
         step = d if s == 1 else 1
-        y = x[:, :, 0:t_out] @ w_taps[0]
+        if "bias" in self:
+            bias = self.bias.reshape(g, 1, self.out_channels // g)  # (G, 1, C_out/G)
+            y = mx.addmm(bias, x[:, :, 0:t_out], w[0])
+        else:
+            y = x[:, :, 0:t_out] @ w[0]
         for j in range(1, q):
-            y = mx.addmm(y, x[:, :, j * step : j * step + t_out], w_taps[j])
+            y = mx.addmm(y, x[:, :, j * step : j * step + t_out], w[j])
         # y: (B, G, T_out, C_out/G)
         if g > 1:
             return y.transpose(0, 2, 1, 3).reshape(b, t_out, self.out_channels)  # (B, T_out, C_out)
