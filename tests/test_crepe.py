@@ -249,36 +249,55 @@ def _rvc_crepe(audio: np.ndarray, capacity: str, seed: int) -> np.ndarray:
     return f0[0].cpu().numpy()
 
 
+# (activation frames, crepe_f0 frames) of the speech excerpt per capacity: full is ~40x the work of tiny
+PARITY_SECONDS = {"tiny": (1.5, 1.5), "full": (0.5, 1.2)}
+
+
 @pytest.mark.parametrize("capacity", ["tiny", "full"])
 def test_crepe_matches_reference(capacity, signal, speech):
     model = ckpt.load_crepe(capacity)
-    # raw activations (full: on speech only, which keeps the test short)
-    for audio in (speech, signal.audio) if capacity == "tiny" else (speech,):
+    act_s, f0_s = PARITY_SECONDS[capacity]
+    inputs = [speech[: int(act_s * SR)]] + ([signal.audio] if capacity == "tiny" else [])
+    for audio in inputs:
         act = C.activations(model, audio)
         ref = _reference_activations(audio, capacity)
         err = float(np.abs(act - ref).max())
         print(f"crepe {capacity}: activations max abs error {err:.2e} over {len(act)} frames")
         assert act.shape == ref.shape and err <= 1e-4
-    # whole estimator with the reference's dither draws
-    seed = 5
-    ref = _rvc_crepe(speech, capacity, seed)
-    ours = C.crepe_f0(speech, model=model, dither=_reference_dither(len(ref), seed))
+    # the whole estimator, with the reference's dither draws
+    audio, seed = speech[: int(f0_s * SR)], 5
+    ref = _rvc_crepe(audio, capacity, seed)
+    ours = C.crepe_f0(audio, model=model, dither=_reference_dither(len(ref), seed))
     median, p99, agree = _parity(ours, ref)
     print(f"crepe {capacity} vs rvc: median {median:.3f} c, p99 {p99:.3f} c, voicing equal {agree:.4f}, "
           f"{int((ref > 0).sum())}/{len(ref)} frames voiced")
-    assert ours.dtype == np.float32 and len(ours) == 1 + len(speech) // HOP
+    assert ours.dtype == np.float32 and len(ours) == 1 + len(audio) // HOP
     assert median <= 1.0 and p99 <= 5.0 and agree >= 0.995
 
 
-# Floors measured on STANDARD_SEGMENTS at 20 dB SNR (measured: see the report); set a few points below.
-ACCURACY_FLOORS = {"full": (0.95, 0.95), "tiny": (0.88, 0.88)}  # (RPA, voicing recall)
+# Floors a few points under the figures measured on STANDARD_SEGMENTS at 20 dB SNR (RPA / voicing recall /
+# precision): full viterbi 0.949 / 0.952 / 1.000, full weighted_argmax and argmax 1.000 / 1.000 / 1.000,
+# tiny viterbi 0.927 / 0.930 / 1.000, tiny weighted_argmax and argmax 1.000 / 1.000 / 0.919. torchcrepe
+# (rvc's calls) scores exactly the same. Viterbi's misses are the first frames of two tones that start an
+# octave or more away from the previous one: its transitions move at most 11 bins (220 cents) per frame
+# and the softmax of sigmoid activations is a weak observation, so the path takes ~10 frames to get there.
+ACCURACY_FLOORS = {  # (capacity, decoder) -> (RPA, voicing recall, voicing precision)
+    ("full", "viterbi"): (0.93, 0.93, 0.97),
+    ("full", "weighted_argmax"): (0.97, 0.97, 0.97),
+    ("full", "argmax"): (0.97, 0.97, 0.97),
+    ("tiny", "viterbi"): (0.90, 0.90, 0.97),
+    ("tiny", "weighted_argmax"): (0.97, 0.97, 0.88),
+    ("tiny", "argmax"): (0.97, 0.97, 0.88),
+}
 
 
 @pytest.mark.parametrize("capacity", ["tiny", "full"])
 def test_crepe_accuracy(capacity, signal):
-    f0 = C.crepe_f0(signal.audio, model=capacity)
-    s = scores(f0, signal)
-    print(f"crepe {capacity}: RPA {s['rpa']:.4f}, voicing recall {s['recall']:.4f}, "
-          f"precision {s['precision']:.4f}")
-    rpa, recall = ACCURACY_FLOORS[capacity]
-    assert s["rpa"] >= rpa and s["recall"] >= recall and s["precision"] >= 0.95
+    act = C.activations(ckpt.load_crepe(capacity), signal.audio)  # the network once, then every decoder
+    for decoder in C.DECODERS:
+        f0 = C.rvc_postprocess(*C.decode(act, 50, 1100, decoder))
+        s = scores(f0, signal)
+        print(f"crepe {capacity} {decoder}: RPA {s['rpa']:.4f}, voicing recall {s['recall']:.4f}, "
+              f"precision {s['precision']:.4f}")
+        rpa, recall, precision = ACCURACY_FLOORS[capacity, decoder]
+        assert s["rpa"] >= rpa and s["recall"] >= recall and s["precision"] >= precision

@@ -400,6 +400,13 @@ def crepe_f0(audio_16k: np.ndarray, *, model="full", hop_length: int = 160, f0_m
     f0, periodicity = crepe_predict(audio_16k, model=model, hop_length=hop_length, f0_min=f0_min,
                                     f0_max=f0_max, decoder=decoder, viterbi_frames=viterbi_frames,
                                     dither=dither, batch_frames=batch_frames)
+    return rvc_postprocess(f0, periodicity, periodicity_threshold)
+
+
+def rvc_postprocess(f0: np.ndarray, periodicity: np.ndarray,
+                    periodicity_threshold: float = RVC_PERIODICITY_THRESHOLD) -> np.ndarray:
+    """rvc's steps after torchcrepe.predict: f0 (T,) mean-filtered over 3 frames, then set to 0 where the
+    periodicity (T,), median-filtered over 3 frames, is below `periodicity_threshold`."""
     periodicity = median3(periodicity)
     f0 = mean3(f0)
     f0[periodicity < periodicity_threshold] = 0
