@@ -101,6 +101,7 @@ def _check(ours, ref, label):
     ("v1", 1, 48000, "rmvpe", "faiss", 0.2, 0.5, 44100),
     ("v2", 0, 32000, "pm", None, 0.33, 1.0, None),
     ("v1", 0, 40000, "pm", "ivf", 0.5, 0.0, 16000),
+    ("v2", 1, 32000, "harvest", None, 0.33, 0.25, None),
 ])
 def test_pipeline_matches_reference(shared, monkeypatch, version, f0, sample_rate, f0_method, index, protect,
                                     rms, out_sr):
@@ -139,3 +140,13 @@ def test_voice_and_encoder_widths_must_match(shared, tmp_path):
     with pytest.raises(RVCError, match="256-d content"):
         VoiceConverter(v1, encoder_without_proj)
     assert os.path.exists(path)
+
+
+@pytest.mark.parametrize("method", ["rmvpe", "fcpe", "crepe", "crepe-tiny", "pm", "harvest"])
+def test_every_f0_method_converts(shared, tmp_path, method):
+    """Each pitch method runs through the pipeline (its own parity is tested in its module's tests)."""
+    rm.make_voice(tmp_path / "v.pth", "v2", 1, 40000)
+    converter = VoiceConverter(load_voice(tmp_path / "v.pth"), shared["hubert"],
+                               rmvpe=str(shared["dir"] / "rmvpe.pt"))
+    ours, rate = converter.convert_16k(_speechy(1.2), ConversionOptions(f0_method=method, seed=1))
+    assert rate == 40000 and np.isfinite(ours).all() and abs(ours.shape[0] - 48000) < 1200
