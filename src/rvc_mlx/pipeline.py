@@ -113,12 +113,12 @@ class VoiceConverter:
             return self.convert_file(audio_or_path, opts)
         if sample_rate is None:
             raise RVCError("convert(array) needs its sample_rate")
-        from rvc_mlx.audio import resample
+        from rvc_mlx.audio import RESAMPLE_QUALITY, resample
 
         audio = np.asarray(audio_or_path, dtype=np.float32)
         if audio.ndim == 2:  # (samples, channels)
             audio = audio.mean(axis=1)
-        audio16 = resample(audio, sample_rate, steps.ANALYSIS_SAMPLE_RATE)
+        audio16 = resample(audio, sample_rate, steps.ANALYSIS_SAMPLE_RATE, quality=RESAMPLE_QUALITY)
         return self.convert_16k(audio16, opts)
 
     def convert_file(self, path, options: ConversionOptions, progress: bool = False):
