@@ -32,6 +32,7 @@ import mlx.nn as nn
 import numpy as np
 
 from rvc_mlx.errors import AudioError
+from rvc_mlx.models.fcpe import _exp_arith  # the arithmetic CPU exp; owned by the FCPE module
 
 SAMPLE_RATE = 16000  # Hz: the only input rate HuBERT / ContentVec accept
 
@@ -47,10 +48,8 @@ _ERF_Q = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -
           -1.42647390514189e-02)
 
 
-@partial(mx.compile, shapeless=True)
-def gelu(x: mx.array) -> mx.array:
-    """Exact (erf) GELU, x * Phi(x), as torch.nn.GELU() / F.gelu: any shape, elementwise."""
-    u = mx.clip(x * (1 / math.sqrt(2)), -4.0, 4.0)
+def _gelu(x: mx.array) -> mx.array:
+    u = mx.minimum(mx.maximum(x * (1 / math.sqrt(2)), -4.0), 4.0)
     u2 = u * u
     p = _ERF_P[0]
     for c in _ERF_P[1:]:
@@ -59,6 +58,30 @@ def gelu(x: mx.array) -> mx.array:
     for c in _ERF_Q[1:]:
         q = q * u2 + c
     return x * (0.5 + 0.5 * (u * p / q))
+
+
+# Exact (erf) GELU, x * Phi(x), as torch.nn.GELU() / F.gelu: elementwise on any shape.
+gelu = mx.compile(_gelu, shapeless=True)
+
+
+@partial(mx.compile, shapeless=True)
+def _normalize_gelu(x: mx.array, mean: mx.array, scale: mx.array, bias: mx.array) -> mx.array:
+    """gelu((x - mean) * scale + bias) in one pass over x."""
+    return _gelu((x - mean) * scale + bias)
+
+
+@mx.compile
+def _softmax_cpu(scores: mx.array) -> mx.array:
+    """Softmax over the last axis with the arithmetic exp (MLX's CPU exp is the attention's bottleneck)."""
+    e = _exp_arith(scores - mx.max(scores, axis=-1, keepdims=True))
+    return e / mx.sum(e, axis=-1, keepdims=True)
+
+
+def attention(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.array:
+    """softmax(q k^T * scale) v: q, k, v (B, H, T, D) -> (B, H, T, D)."""
+    if mx.default_device().type == mx.cpu and q.dtype == mx.float32:
+        return _softmax_cpu((q * scale) @ k.swapaxes(-1, -2)) @ v  # scores (B, H, T, T)
+    return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale)
 
 
 @dataclass(frozen=True)
@@ -132,10 +155,12 @@ class ChannelNorm(nn.Module):
         self.weight = mx.ones((channels,))
         self.bias = mx.zeros((channels,))
 
-    def __call__(self, x: mx.array) -> mx.array:
-        mean = mx.mean(x, axis=1, keepdims=True)
-        var = mx.var(x, axis=1, keepdims=True)
-        return (x - mean) * mx.rsqrt(var + self.eps) * self.weight + self.bias
+    def __call__(self, x: mx.array, then_gelu: bool = False) -> mx.array:
+        mean = mx.mean(x, axis=1, keepdims=True)  # (B, 1, C)
+        scale = mx.rsqrt(mx.var(x, axis=1, keepdims=True) + self.eps) * self.weight  # (B, 1, C)
+        if then_gelu:
+            return _normalize_gelu(x, mean, scale, self.bias)
+        return (x - mean) * scale + self.bias
 
 
 class FeatureExtractor(nn.Module):
@@ -153,10 +178,7 @@ class FeatureExtractor(nn.Module):
     def __call__(self, samples: mx.array) -> mx.array:
         x = samples[:, :, None]  # (B, N, 1)
         for i, conv in enumerate(self.convs):
-            x = conv(x)
-            if i == 0:
-                x = self.norm(x)
-            x = gelu(x)
+            x = self.norm(conv(x), then_gelu=True) if i == 0 else gelu(conv(x))
         return x
 
 
@@ -200,7 +222,7 @@ class SelfAttention(nn.Module):
         b, t, c = x.shape
         h = self.num_heads
         qkv = self.qkv(x).reshape(b, t, 3, h, c // h).transpose(2, 0, 3, 1, 4)  # (3, B, H, T, D)
-        y = mx.fast.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], scale=(c // h) ** -0.5)
+        y = attention(qkv[0], qkv[1], qkv[2], scale=(c // h) ** -0.5)  # (B, H, T, D)
         return self.out(y.transpose(0, 2, 1, 3).reshape(b, t, c))  # (B, T, C)
 
 
