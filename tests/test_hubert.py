@@ -307,3 +307,18 @@ def test_incomplete_or_unsupported_checkpoints(small, tmp_path):
     for name, match in cases:
         with pytest.raises(CheckpointError, match=match):
             load_hubert(tmp_path / name)
+
+
+def test_gelu_and_attention_kernels(rng):
+    """The rational-erf GELU and the CPU softmax attention against torch (float64 for GELU)."""
+    from rvc_mlx.models.hubert import attention, gelu
+
+    x = np.concatenate([np.linspace(-12, 12, 20001), rng.standard_normal(10000) * 3]).astype(np.float32)
+    ref = torch.nn.functional.gelu(torch.from_numpy(x).double()).numpy()
+    err = np.abs(np.array(gelu(mx.array(x))) - ref)
+    assert np.max(err / np.maximum(np.abs(ref), 1.0)) <= 1e-6
+    q, k, v = (rng.standard_normal((2, 3, 37, 16)).astype(np.float32) * 2 for _ in range(3))
+    ref = torch.nn.functional.scaled_dot_product_attention(*map(torch.from_numpy, (q, k, v)), scale=0.3)
+    for ours in (attention(mx.array(q), mx.array(k), mx.array(v), 0.3),
+                 mx.fast.scaled_dot_product_attention(mx.array(q), mx.array(k), mx.array(v), scale=0.3)):
+        assert _max_diff(ours, ref.numpy()) <= 1e-5
