@@ -27,7 +27,12 @@ __all__ = ["make_voice", "make_hubert", "make_rmvpe", "make_index", "FairseqHube
 # but a small FFN and conv front end to keep tests fast.
 HUBERT_TEST = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=256,
                    conv_dim=(64,) * 7)
-HUBERT_CONV_SPEC = "[(64,10,5)] + [(64,3,2)] * 4 + [(64,2,2)] * 2"
+HUBERT_CONV_KERNELS_STRIDES = ((10, 5),) + ((3, 2),) * 4 + ((2, 2),) * 2  # fairseq base's conv front end
+
+
+def hubert_conv_spec(conv_dim) -> str:
+    """fairseq's ``conv_feature_layers`` for base's kernels and strides with the given channels per layer."""
+    return str([(c, k, s) for c, (k, s) in zip(conv_dim, HUBERT_CONV_KERNELS_STRIDES, strict=True)])
 
 
 class FairseqHubert(torch.nn.Module):
@@ -61,7 +66,7 @@ def make_hubert(path, seed: int = 0, **overrides):
         "_name": "hubert", "extractor_mode": "default", "encoder_layers": config["num_hidden_layers"],
         "encoder_embed_dim": config["hidden_size"], "encoder_ffn_embed_dim": config["intermediate_size"],
         "encoder_attention_heads": config["num_attention_heads"], "layer_norm_first": False,
-        "conv_feature_layers": HUBERT_CONV_SPEC, "conv_bias": False, "final_dim": 256}})
+        "conv_feature_layers": hubert_conv_spec(config["conv_dim"]), "conv_bias": False, "final_dim": 256}})
     torch.save({"model": weights, "cfg": cfg, "args": None}, path)
     half_model = _reference_model(seed, **config)
     half_model.load_state_dict({k: v.half().float() for k, v in state.items()})

@@ -1,0 +1,491 @@
+"""``rvc-mlx bench``: time rvc-mlx and the PyTorch reference pipeline on the same models and input.
+
+For each audio length: per stage (f0, HuBERT, retrieval, synthesizer, the rest) and end to end, cold (the
+first conversion in a fresh process, after loading) and warm (the best of ``repeats`` further conversions),
+model loading, peak host RSS (and GPU memory on a GPU), real-time factor. Each side runs in a process of its
+own per length (the OpenBLAS that rvc_mlx loads for MLX slows torch about 4x when both share a process):
+
+* rvc-mlx: ``python -m rvc_mlx.bench worker JOB.json`` (this module), ``VoiceConverter.convert_16k`` with
+  ``deterministic=True``; stages are timed by wrapping the internals the pipeline calls (``_f0``,
+  ``hubert.content_features``, ``index.blend``, ``synthesizer.infer``), with ``mx.eval`` at each stage end.
+* reference: ``benchmarks/reference_worker.py`` (rvc 0.3.5 ``Pipeline.pipeline``, fp32, noise zeroed), only
+  from a source checkout with the test extras (``pip install -e .[test]``): torch and rvc are test-only.
+
+Model files are random weights in RVC's real layouts and sizes, made by ``benchmarks/make_models.py`` (or,
+without torch, random MLX models in rvc-mlx's native files, timing rvc-mlx alone). Results (markdown table,
+JSON and, with matplotlib installed, a PNG chart) go to ``benchmarks/results/<machine>/results-<device>.*``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.util
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rvc_mlx.errors import RVCError
+
+STAGES = ("f0", "hubert", "retrieval", "synth", "rest")  # per-conversion stages; loading is timed apart
+STAGE_NAMES = {"f0": "f0", "hubert": "HuBERT", "retrieval": "retrieval", "synth": "synthesizer",
+               "rest": "rest"}
+REPO = Path(__file__).resolve().parents[2]  # a source checkout has benchmarks/ and tests/ here
+BENCH_DIR = REPO / "benchmarks"
+# RVC's positional config of a v2 48 kHz voice at the released widths (ours-only random models).
+V2_48K_CONFIG = [1025, 32, 192, 192, 768, 2, 6, 3, 0, "1", [3, 7, 11], [[1, 3, 5]] * 3, [12, 10, 2, 2], 512,
+                 [24, 20, 4, 4], 109, 256, 48000]
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """One benchmark run."""
+
+    seconds: tuple[float, ...] = (5.0, 30.0)  # audio lengths to convert, in seconds
+    device: str = "cpu"  # MLX device, "cpu" or "gpu"; the reference follows (CUDA) unless reference_device
+    repeats: int = 3  # warm conversions after the cold one; "warm" is the best of them
+    reference: bool = True  # also time the PyTorch reference (skipped, with a note, when it cannot run)
+    reference_device: str = "auto"  # torch device; "auto": cuda for device "gpu" when available, else cpu
+    machine: str | None = None  # results folder name; None: OS, architecture and core count
+    out_dir: str | None = None  # None: benchmarks/results/<machine> (a checkout) or ./rvc-mlx-bench/<machine>
+    models_dir: str | None = None  # model files, made once and reused; None: a temporary directory
+    profile: str = "full"  # "full": real sizes (v2 48 kHz voice, HuBERT-base, RMVPE); "tiny": test sizes
+    index_mode: str = "ivf"  # rvc-mlx's search: "ivf" visits the lists faiss (nprobe 1) visits, as RVC does
+    index_rate: float = 0.75  # share of retrieved features (RVC's default)
+    protect: float = 0.33  # RVC's default
+    rms_mix_rate: float = 0.25  # RVC's default
+
+
+def run_bench(seconds: list[float], **options) -> int:
+    """Run the benchmark at each length in ``seconds`` (keyword options: ``BenchOptions`` fields)."""
+    return _run(BenchOptions(seconds=tuple(float(s) for s in seconds), **options))
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _rss_mb() -> float:
+    """Peak resident set size of this process so far, MiB (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def reference_problem() -> str | None:
+    """Why the reference cannot be timed here, or None."""
+    if not (BENCH_DIR / "reference_worker.py").is_file() or not (REPO / "tests" / "conftest.py").is_file():
+        return "the reference columns need a source checkout of rvc-mlx (benchmarks/ and tests/)"
+    needed = ("torch", "rvc", "transformers", "faiss", "omegaconf", "pytest")
+    missing = [m for m in needed if importlib.util.find_spec(m) is None]
+    if missing:
+        return f"the reference columns need {', '.join(missing)}: pip install -e .[test]"
+    return None
+
+
+# -- the rvc-mlx worker ------------------------------------------------------------------------------------
+
+
+class StageTimer:
+    """Wraps the methods a ``VoiceConverter`` calls for each stage (on the converter's own objects) so each
+    stage's time accumulates in ``seconds``; MLX results are evaluated before a stage's clock stops."""
+
+    def __init__(self, converter):
+        self.seconds = dict.fromkeys(STAGES[:-1], 0.0)
+        targets = [(converter, "_f0", "f0"), (converter.hubert, "content_features", "hubert"),
+                   (converter.index, "blend", "retrieval"), (converter.synthesizer, "infer", "synth")]
+        for obj, name, stage in targets:
+            if obj is not None:  # object.__setattr__: an instance attribute, past mlx.nn.Module's own setattr
+                object.__setattr__(obj, name, self._timed(getattr(obj, name), stage))
+
+    def _timed(self, fn, stage: str):
+        import mlx.core as mx
+
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            out = fn(*args, **kwargs)
+            if isinstance(out, mx.array):
+                mx.eval(out)
+            self.seconds[stage] += time.perf_counter() - t0
+            return out
+
+        return timed
+
+    def reset(self) -> None:
+        self.seconds = dict.fromkeys(self.seconds, 0.0)
+
+
+def _ours_worker(job: dict) -> dict:
+    import mlx.core as mx
+
+    from rvc_mlx import __version__, _blas
+    from rvc_mlx.checkpoints.hubert import load_hubert
+    from rvc_mlx.checkpoints.rmvpe import load_rmvpe
+    from rvc_mlx.checkpoints.voice import load_voice
+    from rvc_mlx.index import FeatureIndex
+    from rvc_mlx.pipeline import ConversionOptions, VoiceConverter
+
+    gpu = job["device"] == "gpu"
+    mx.set_default_device(mx.gpu if gpu else mx.cpu)
+    root = Path(job["models_dir"])
+    manifest = json.loads((root / "manifest.json").read_text())
+
+    def load():
+        t0 = time.perf_counter()
+        voice = load_voice(root / manifest["voice"])
+        hubert = load_hubert(root / manifest["hubert"])
+        rmvpe = load_rmvpe(root / manifest["rmvpe"]) if manifest["rmvpe"] else None
+        index = FeatureIndex.load(root / manifest["index"]) if manifest["index"] else None
+        mx.eval(voice.parameters(), hubert.parameters(), *([rmvpe.parameters()] if rmvpe else []))
+        return (voice, hubert, rmvpe, index), time.perf_counter() - t0
+
+    (voice, hubert, rmvpe, index), load_cold = load()
+    rss_after_load = _rss_mb()
+    converter = VoiceConverter(voice, hubert, index=index, index_mode=job["index_mode"], rmvpe=rmvpe,
+                               rmvpe_padding="constant")  # rvc 0.3.5's RMVPE pads its mel with zeros
+    timer = StageTimer(converter)
+    options = ConversionOptions(f0_method=manifest["f0_method"], index_rate=job["index_rate"],
+                                protect=job["protect"], rms_mix_rate=job["rms_mix_rate"], deterministic=True)
+    audio = np.load(job["input"]).astype(np.float32)
+
+    def convert():
+        timer.reset()
+        t0 = time.perf_counter()
+        out, _ = converter.convert_16k(audio, options)
+        total = time.perf_counter() - t0
+        stages = dict(timer.seconds)
+        return out, {"total": total, **stages, "rest": total - sum(stages.values())}
+
+    out, cold = convert()
+    warm_runs = [convert()[1] for _ in range(job["repeats"])]
+    info = mx.device_info() if hasattr(mx, "device_info") else {}
+    result = {
+        "impl": "rvc-mlx",
+        "device": f"{'gpu' if gpu else 'cpu'} ({info.get('device_name', '?')})",
+        "threads": _cores(),
+        "versions": {"rvc-mlx": __version__, "mlx": mx.__version__,
+                     "BLAS": os.path.basename(_blas.loaded_from or "MLX's own")},
+        "cold": cold,
+        "warm": min(warm_runs, key=lambda r: r["total"]) if warm_runs else None,
+        "warm_totals": [r["total"] for r in warm_runs],
+        "rss_after_load_mb": rss_after_load,
+        "peak_rss_mb": _rss_mb(),
+        "gpu_peak_mb": mx.get_peak_memory() / 2**20 if gpu else None,
+    }
+    np.save(job["output"], np.asarray(out, dtype=np.float32))
+    converter = timer = voice = hubert = rmvpe = index = None  # freed before the second load
+    gc.collect()
+    result["load"] = {"cold": load_cold, "warm": load()[1]}  # a second load: files cached, code warm
+    return result
+
+
+# -- model files -------------------------------------------------------------------------------------------
+
+
+def _random_models(out: Path) -> dict:
+    """Without torch: random MLX models of the full profile's sizes in native files (rvc-mlx alone)."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    from rvc_mlx.checkpoints.native import save_native
+    from rvc_mlx.index import FeatureIndex
+    from rvc_mlx.models.hubert import HubertConfig, HubertModel
+    from rvc_mlx.models.rmvpe import RMVPE, RMVPEConfig
+    from rvc_mlx.models.synthesizer import Synthesizer, VoiceConfig
+
+    out.mkdir(parents=True, exist_ok=True)
+    mx.random.seed(0)
+    voice = Synthesizer(VoiceConfig.from_rvc(V2_48K_CONFIG, version="v2", f0=True))
+    save_native(out / "voice.safetensors", dict(tree_flatten(voice.parameters())), "voice",
+                {"rvc_config": V2_48K_CONFIG, "version": "v2", "f0": 1})
+    hubert_config = HubertConfig(final_proj_size=256)
+    save_native(out / "hubert.safetensors", dict(tree_flatten(HubertModel(hubert_config).parameters())),
+                "hubert", {"config": asdict(hubert_config)})
+    rmvpe_config = RMVPEConfig()
+    save_native(out / "rmvpe.safetensors", dict(tree_flatten(RMVPE(rmvpe_config).parameters())), "rmvpe",
+                {"config": rmvpe_config.to_dict()})
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((20000, 768)).astype(np.float32)
+    centroids = vectors[rng.choice(len(vectors), 512, replace=False)]
+    dist = (centroids**2).sum(1)[None] - 2 * vectors @ centroids.T  # (N, lists), up to |x|² per row
+    index = FeatureIndex(vectors, centroids, dist.argmin(1).astype(np.int32))
+    (out / "random.index").write_bytes(index.to_faiss_bytes())
+    manifest = {"profile": "full", "version": "v2", "f0": 1, "sample_rate": 48000, "f0_method": "rmvpe",
+                "voice": "voice.safetensors", "hubert": "hubert.safetensors", "rmvpe": "rmvpe.safetensors",
+                "index": "random.index", "description": "random MLX models: v2 48 kHz pitch voice (released "
+                "widths), HuBERT-base, RMVPE, IVF512 index of 20000 vectors (rvc-mlx native files)"}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
+def _models(options: BenchOptions, models_dir: Path, with_reference: bool) -> dict:
+    path = models_dir / "manifest.json"
+    if path.is_file():
+        manifest = json.loads(path.read_text())
+        if manifest["profile"] == options.profile and ("hubert_names" in manifest or not with_reference):
+            print(f"reusing the model files in {models_dir}", flush=True)
+            return manifest
+    t0 = time.perf_counter()
+    if with_reference:
+        _child([str(BENCH_DIR / "make_models.py"), "--profile", options.profile, "--out", str(models_dir)],
+               "making the model files")
+        manifest = json.loads(path.read_text())
+    elif options.profile == "full":
+        manifest = _random_models(models_dir)
+    else:
+        raise SystemExit(f"profile {options.profile!r} needs the reference's model builders (torch)")
+    print(f"model files made in {time.perf_counter() - t0:.1f} s: {manifest['description']}", flush=True)
+    return manifest
+
+
+# -- report ------------------------------------------------------------------------------------------------
+
+
+def _f(x, digits: int = 2) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def _by_impl(entry: dict) -> dict:
+    return {r["impl"]: r for r in entry["results"]}
+
+
+def _markdown(info: dict, runs: list[dict]) -> str:
+    o, host = info["options"], info["host"]
+    lines = [f"# rvc-mlx vs the PyTorch reference: {info['machine']}, MLX device {info['device']}", "",
+             f"- host: {host['cpu']}, {host['cores']} cores, {host['os']}, Python {host['python']}",
+             f"- models (random weights, RVC's file layouts): {info['models']}",
+             f"- conversion: index rate {o['index_rate']}, protect {o['protect']}, RMS mix "
+             f"{o['rms_mix_rate']}, noise zeroed on both sides; rvc-mlx searches the index in "
+             f"'{o['index_mode']}' mode",
+             "- cold: the first conversion in a fresh process, after loading; warm: the best of "
+             f"{o['repeats']} more; RTF: time / audio length (below 1 is faster than real time); stage "
+             "times in seconds"]
+    impls = {r["impl"]: r for e in runs for r in e["results"]}
+    for name, r in impls.items():
+        versions = ", ".join(f"{k} {v}" for k, v in r["versions"].items())
+        lines.append(f"- {name}: {versions}; device {r['device']}, {r['threads']} threads")
+    if "torch" in impls:
+        lines.append("- reference: rvc 0.3.5 `Pipeline.pipeline` in fp32, in its own process (HuBERT through "
+                     "transformers' HubertModel on the fairseq weights)")
+    if info.get("reference_note"):
+        lines.append(f"- note: {info['reference_note']}")
+    lines += ["", "## End to end", "",
+              "| audio | impl | load cold / warm s | cold s | warm s | warm RTF | speed-up vs torch (warm) "
+              "| peak RSS MiB | GPU peak MiB | load avg before → after | run |",
+              "|---:|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
+    for e in runs:
+        impl = _by_impl(e)
+        torch_warm = impl["torch"]["warm"]["total"] if "torch" in impl else None
+        for name, r in impl.items():
+            speed = torch_warm / r["warm"]["total"] if torch_warm else None
+            cells = [f"{e['seconds']:g} s", name, f"{_f(r['load']['cold'])} / {_f(r['load']['warm'])}",
+                     _f(r["cold"]["total"]), _f(r["warm"]["total"]), _f(r["warm"]["total"] / e["seconds"], 3),
+                     _f(speed) + "x" if speed else "–", f"{r['peak_rss_mb']:.0f}", _f(r["gpu_peak_mb"], 0),
+                     f"{r['loadavg'][0]:.1f} → {r['loadavg'][1]:.1f}", e["date"]]
+            lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "## Per stage", "",
+              "| audio | impl | call | " + " | ".join(STAGE_NAMES[s] for s in STAGES) + " | total |",
+              "|---:|---|---|" + "---:|" * (len(STAGES) + 1)]
+    for e in runs:
+        impl = _by_impl(e)
+        for name, r in impl.items():
+            for call in ("cold", "warm"):
+                cells = " | ".join(_f(r[call][s]) for s in (*STAGES, "total"))
+                lines.append(f"| {e['seconds']:g} s | {name} | {call} | {cells} |")
+        if len(impl) == 2:
+            ours, ref = impl["rvc-mlx"]["warm"], impl["torch"]["warm"]
+            ratios = " | ".join(_f(ours[s] / ref[s]) + "x" if ref[s] > 1e-3 else "–"
+                                for s in (*STAGES, "total"))
+            lines.append(f"| {e['seconds']:g} s | rvc-mlx ÷ torch | warm | {ratios} |")
+    agreement = [f"{e['seconds']:g} s: {e['output_rel_err']:.1e}" for e in runs if e.get("output_rel_err")]
+    if agreement:
+        lines += ["", "Same models, same input, same output: max|rvc-mlx − torch| / max|torch| = "
+                  + ", ".join(agreement) + " (the reference's output is 16-bit)."]
+    return "\n".join(lines) + "\n"
+
+
+def _chart(path: Path, info: dict, runs: list[dict]) -> bool:
+    """Stacked warm stage times per length and implementation, beside cold and warm totals (matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
+    labels, bottoms, x = [], [], 0
+    colors = dict(zip(STAGES, ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8c8c8c"), strict=True))
+    for e in runs:
+        for name, r in _by_impl(e).items():
+            bottom = 0.0
+            for s in STAGES:
+                ax1.bar(x, r["warm"][s], bottom=bottom, color=colors[s],
+                        label=STAGE_NAMES[s] if x == 0 else None)
+                bottom += max(r["warm"][s], 0.0)
+            ax2.bar(x - 0.2, r["cold"]["total"], 0.4, color="#8172b3", label="cold" if x == 0 else None)
+            ax2.bar(x + 0.2, r["warm"]["total"], 0.4, color="#64b5cd", label="warm" if x == 0 else None)
+            labels.append(f"{e['seconds']:g} s\n{name}")
+            bottoms.append(bottom)
+            x += 1
+    for ax, title in ((ax1, "warm, per stage"), (ax2, "end to end")):
+        ax.set_xticks(range(len(labels)), labels, fontsize=8)
+        ax.set_ylabel("seconds")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"rvc-mlx vs PyTorch reference: {info['machine']} (MLX {info['device']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_report(out_dir: Path, info: dict, runs: list[dict]) -> dict[str, Path]:
+    """Merge ``runs`` into ``out_dir/results-<device>.json`` (replacing the same lengths) and write the
+    markdown table and PNG chart of everything in it -> the written paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"results-{info['device']}"
+    json_path = stem.with_suffix(".json")
+    kept = []
+    if json_path.is_file():
+        new = {e["seconds"] for e in runs}
+        kept = [e for e in json.loads(json_path.read_text())["runs"] if e["seconds"] not in new]
+    merged = sorted(kept + [{**e, "date": info["date"]} for e in runs], key=lambda e: e["seconds"])
+    json_path.write_text(json.dumps({**info, "runs": merged}, indent=1))
+    paths = {"json": json_path, "md": stem.with_suffix(".md")}
+    paths["md"].write_text(_markdown(info, merged))
+    if _chart(stem.with_suffix(".png"), info, merged):
+        paths["png"] = stem.with_suffix(".png")
+    return paths
+
+
+# -- orchestration -----------------------------------------------------------------------------------------
+
+
+class WorkerFailed(RuntimeError):
+    pass
+
+
+def _child(args: list[str], what: str) -> None:
+    run = subprocess.run([sys.executable, *args], capture_output=True, text=True)
+    if run.returncode != 0:
+        raise WorkerFailed(f"{what} failed (exit {run.returncode}):\n{(run.stdout + run.stderr)[-4000:]}")
+
+
+def _worker(kind: str, job: dict, work: Path) -> dict:
+    job_path = work / f"job-{kind}-{job['seconds']:g}.json"
+    job = {**job, "output": str(work / f"out-{kind}-{job['seconds']:g}.npy"),
+           "result": str(work / f"result-{kind}-{job['seconds']:g}.json")}
+    job_path.write_text(json.dumps(job))
+    load_before = os.getloadavg()[0]
+    script = ["-m", "rvc_mlx.bench", "worker", str(job_path)] if kind == "ours" else \
+        [str(BENCH_DIR / "reference_worker.py"), str(job_path)]
+    _child(script, f"the {'rvc-mlx' if kind == 'ours' else 'reference'} worker at {job['seconds']:g} s")
+    result = json.loads(Path(job["result"]).read_text())
+    result["loadavg"] = [load_before, os.getloadavg()[0]]
+    result["output"] = job["output"]
+    return result
+
+
+def _machine_info() -> dict:
+    cpu = platform.processor() or platform.machine()
+    if os.path.isfile("/proc/cpuinfo"):
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return {"cpu": cpu, "cores": _cores(), "os": f"{platform.system()} {platform.release()}",
+            "python": platform.python_version()}
+
+
+def _run(options: BenchOptions) -> int:
+    if options.device not in ("cpu", "gpu") or options.repeats < 1 or options.profile not in ("full", "tiny"):
+        raise RVCError(f"bench: device must be cpu or gpu ({options.device!r}), repeats at least 1 "
+                       f"({options.repeats}), profile full or tiny ({options.profile!r})")
+    machine = options.machine or f"{platform.system().lower()}-{platform.machine()}-{_cores()}core"
+    if options.out_dir:
+        out_dir = Path(options.out_dir)
+    elif BENCH_DIR.is_dir():
+        out_dir = BENCH_DIR / "results" / machine
+    else:
+        out_dir = Path.cwd() / "rvc-mlx-bench" / machine
+    problem = reference_problem() if options.reference else "the reference was not asked for"
+    if problem and options.reference:
+        print(f"note: timing rvc-mlx only; {problem}", flush=True)
+    work = Path(tempfile.mkdtemp(prefix="rvc-mlx-bench-"))
+    models_dir = Path(options.models_dir) if options.models_dir else work / "models"
+    from rvc_mlx.doctor import test_tone
+
+    status = 0
+    runs = []
+    try:
+        manifest = _models(options, models_dir, problem is None)
+        for seconds in options.seconds:
+            audio_path = work / f"input-{seconds:g}.npy"
+            np.save(audio_path, test_tone(seconds))
+            job = {"seconds": seconds, "input": str(audio_path), "models_dir": str(models_dir),
+                   "device": options.device, "reference_device": options.reference_device,
+                   "repeats": options.repeats, "index_mode": options.index_mode,
+                   "index_rate": options.index_rate, "protect": options.protect,
+                   "rms_mix_rate": options.rms_mix_rate}
+            entry = {"seconds": seconds, "results": []}
+            for kind in ("ours", "reference") if problem is None else ("ours",):
+                who = "rvc-mlx" if kind == "ours" else "the reference"
+                print(f"{seconds:g} s: timing {who} ...", flush=True)
+                try:
+                    entry["results"].append(_worker(kind, job, work))
+                except WorkerFailed as e:
+                    print(e, file=sys.stderr, flush=True)
+                    status = 1
+            outputs = [np.load(r.pop("output")) for r in entry["results"]]
+            if len(outputs) == 2:
+                ours, ref = outputs
+                entry["output_rel_err"] = (float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref)))
+                                           if ours.shape == ref.shape else None)
+            runs.append(entry)
+        run_info = {"machine": machine, "device": options.device, "date": time.strftime("%Y-%m-%d %H:%M"),
+                    "host": _machine_info(), "options": asdict(options), "models": manifest["description"],
+                    "reference_note": problem}
+        paths = write_report(out_dir, run_info, runs)
+        print(Path(paths["md"]).read_text())
+        print("written: " + ", ".join(str(p) for p in paths.values()), flush=True)
+    except WorkerFailed as e:
+        print(e, file=sys.stderr)
+        status = 1
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["worker"]:
+        job = json.loads(Path(argv[1]).read_text())
+        Path(job["result"]).write_text(json.dumps(_ours_worker(job), indent=1))
+        return 0
+    p = argparse.ArgumentParser(prog="python -m rvc_mlx.bench", description=__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=float, nargs="+", default=[5.0, 30.0], help="audio lengths (s)")
+    p.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    p.add_argument("--repeats", type=int, default=3, help="warm conversions (best of)")
+    p.add_argument("--no-reference", action="store_true", help="time rvc-mlx only")
+    p.add_argument("--reference-device", default="auto", help="torch device (auto, cpu, cuda, cuda:1)")
+    p.add_argument("--machine", help="results folder name (default: OS-architecture-cores)")
+    p.add_argument("--out", help="results folder (default: benchmarks/results/<machine>)")
+    p.add_argument("--models-dir", help="keep (and reuse) the model files here")
+    p.add_argument("--profile", choices=["full", "tiny"], default="full")
+    a = p.parse_args(argv)
+    return run_bench(a.seconds, device=a.device, repeats=a.repeats, reference=not a.no_reference,
+                     reference_device=a.reference_device, machine=a.machine, out_dir=a.out,
+                     models_dir=a.models_dir, profile=a.profile)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
