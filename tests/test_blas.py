@@ -5,16 +5,20 @@ import sys
 
 def _run(code: str, **env) -> str:
     e = dict(os.environ, **env)
-    return subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True, check=True).stdout
+    done = subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True, check=True)
+    return done.stdout
 
 
 def test_import_loads_fast_blas_on_linux_cpu():
-    out = _run("import rvc_mlx; from rvc_mlx import _blas; print(_blas.loaded_from); "
-               "print(_blas.matmul_gflops(512))")
-    lib, gflops = out.split("\n")[:2]
+    code = ("import rvc_mlx; from rvc_mlx import _blas; print(_blas.loaded_from); "
+            "print(_blas.matmul_gflops(512, 5))")
+    lib, fast = _run(code).split("\n")[:2]
     if sys.platform.startswith("linux"):
         assert lib != "None"
-        assert float(gflops) > 20.0  # netlib reference BLAS gives ~6 GFLOP/s here
+        # Relative to MLX's bundled reference BLAS measured the same way (robust on a loaded machine):
+        # OpenBLAS is ~35x faster on one core here, netlib ~6 GFLOP/s.
+        slow = _run(code, RVC_MLX_BLAS="off").split("\n")[1]
+        assert float(fast) > 3 * float(slow), (fast, slow)
 
 
 def test_off_switch_and_slow_warning():
