@@ -190,7 +190,7 @@ class PositionalConv(nn.Module):
     weight: (C, K, C / groups) with weight norm already folded; bias: (C,). The grouped conv runs as one
     plain `mx.conv1d` per group (im2col + 16 large GEMMs). For base on 10 s of audio it costs 0.1-0.2 s of
     CPU, like `mx.conv1d(groups=16)` and `models.conv.Conv1d` with a single-threaded BLAS; with the OpenMP
-    BLAS on a busy machine it stays ~0.35 s where the 128 small tap matmuls of `models.conv.Conv1d` take 2.3.
+    BLAS on a busy machine it stays ~0.35 s where the 128 tap matmuls of `models.conv.Conv1d` take 2.3 s.
     """
 
     def __init__(self, channels: int, kernel_size: int, groups: int):
