@@ -259,7 +259,8 @@ def test_loading_needs_no_torch(small):
 def test_bad_audio(small):
     ours = load_hubert(small["dir"] / "hubert.safetensors")
     for bad, match in [(np.zeros(0, np.float32), "empty"), (np.zeros(399, np.float32), "at least 400"),
-                       (np.zeros((1, 2, 800), np.float32), "shape")]:
+                       (np.zeros((1, 2, 800), np.float32), "shape"), (np.zeros(800, np.int16), "float"),
+                       (mx.zeros((800,), mx.int32), "float")]:
         with pytest.raises(AudioError, match=match):
             ours.extract_features(bad)
     for value in (np.nan, np.inf, -np.inf):

@@ -267,9 +267,11 @@ class HubertModel(nn.Module):
         """Validate and return the input as float32 (B, N)."""
         if not isinstance(samples, mx.array):
             samples = np.asarray(samples)
-            if samples.dtype.kind not in "fiu":
-                raise AudioError(None, f"audio must be numeric samples, got dtype {samples.dtype}")
-            samples = mx.array(samples)
+            if samples.dtype.kind != "f":
+                raise AudioError(None, f"audio must be float samples in [-1, 1], got dtype {samples.dtype}")
+            samples = mx.array(samples.astype(np.float32, copy=False))
+        elif not mx.issubdtype(samples.dtype, mx.floating):
+            raise AudioError(None, f"audio must be float samples in [-1, 1], got dtype {samples.dtype}")
         if samples.ndim == 1:
             samples = samples[None]
         if samples.ndim != 2:
