@@ -213,10 +213,15 @@ def test_bad_checkpoints(tmp_path):
         ckpt.load_crepe(other)
 
 
-def test_bad_audio():
+def test_bad_audio_and_short_inputs():
     for audio in (np.zeros(0, np.float32), np.zeros((2, 100), np.float32), np.array([0.0, np.nan])):
         with pytest.raises(AudioError):
             C.crepe_f0(audio, model="tiny")
+    tone = np.sin(2 * np.pi * 220 * np.arange(400) / SR).astype(np.float32)
+    for n in (1, 159, 160, 400):  # one to three frames (torchcrepe's median filter fails on one)
+        f0 = C.crepe_f0(tone[:n], model="tiny")
+        assert f0.shape == (1 + n // HOP,) and np.all(np.isfinite(f0))
+    assert C.crepe_f0(np.zeros(1600, np.float32), model="tiny").max() == 0  # silence is unvoiced
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ rounded from them).
 from __future__ import annotations
 
 import importlib
+import warnings
 
 import numpy as np
 
@@ -30,7 +31,9 @@ _INSTALL_HINT = "pip install rvc-mlx[pitch]"
 
 def _require(module: str, package: str, method: str):
     try:
-        return importlib.import_module(module)
+        with warnings.catch_warnings():  # pyworld imports the deprecated pkg_resources
+            warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+            return importlib.import_module(module)
     except ImportError as e:
         raise RVCError(f"the {method!r} pitch method needs {package}: {_INSTALL_HINT}") from e
 
