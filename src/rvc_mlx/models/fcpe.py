@@ -21,6 +21,7 @@ import numpy as np
 
 from rvc_mlx.dsp import mel_filterbank, stft_magnitude
 from rvc_mlx.errors import AudioError
+from rvc_mlx.models.activations import sigmoid
 from rvc_mlx.models.conv import Conv1d
 
 
@@ -52,34 +53,6 @@ _NORM_EPS = 1e-5
 _MAG_EPS = 1e-9
 # Local-argmax decoding averages this many bins centred on the peak.
 _LOCAL_BINS = 9
-
-# MLX's CPU exp (and so sigmoid) costs ~20 ns per element on x86, ~50x an add: on the CPU back end the
-# sigmoids use an exp built from arithmetic instead: x = n ln2 + r (Cody-Waite, ln2 split so n * _LN2_HI
-# is exact), e^r by its degree-7 Taylor series (|r| <= ln2 / 2, truncation < 6e-9 relative), 2^n from the
-# exponent bits. Error ~1 ulp, like mx.exp.
-_LOG2E = 1.4426950408889634
-_LN2_HI = 0.693359375
-_LN2_LO = -2.12194440e-4
-_EXP_TAYLOR = (1.0, 1.0, 1 / 2, 1 / 6, 1 / 24, 1 / 120, 1 / 720, 1 / 5040)
-
-
-def _exp_arith(x: mx.array) -> mx.array:
-    """e^x (float32) from multiplies and adds; inputs clamped to [-87, 88] (normal float32 results)."""
-    x = mx.clip(x, -87.0, 88.0)
-    n = mx.floor(x * _LOG2E + 0.5)
-    r = (x - n * _LN2_HI) - n * _LN2_LO
-    poly = mx.array(_EXP_TAYLOR[-1], dtype=x.dtype)
-    for c in reversed(_EXP_TAYLOR[:-1]):
-        poly = poly * r + c
-    two_n = mx.left_shift(n.astype(mx.int32) + 127, 23).view(mx.float32)  # 2^n from its exponent bits
-    return poly * two_n
-
-
-def _sigmoid(x: mx.array) -> mx.array:
-    if mx.default_device().type == mx.cpu and x.dtype == mx.float32:
-        return 1.0 / (1.0 + _exp_arith(-x))
-    return mx.sigmoid(x)
-
 
 # ---------------------------------------------------------------------------------------------------------
 # Mel front end
@@ -191,9 +164,9 @@ class ConformerConvBlock(nn.Module):
         h = mx.fast.layer_norm(x, self.norm.weight, self.norm.bias, _NORM_EPS)
         h = self.expand(h)  # (B, T, 2 * inner)
         value, gate = mx.split(h, 2, axis=-1)
-        h = value * _sigmoid(gate)  # GLU over channels
+        h = value * sigmoid(gate)  # GLU over channels
         h = self.depthwise(h)
-        h = h * _sigmoid(h)  # SiLU
+        h = h * sigmoid(h)  # SiLU
         return x + self.project(h)
 
 
@@ -236,7 +209,7 @@ class FCPE(nn.Module):
         for layer in self.layers:
             x = layer(x)
         x = mx.fast.layer_norm(x, self.out_norm.weight, self.out_norm.bias, _NORM_EPS)
-        return _sigmoid(self.out_proj(x))
+        return sigmoid(self.out_proj(x))
 
     def decode_local_argmax(self, salience: mx.array, threshold: float) -> mx.array:
         """salience (B, T, out_dims) -> f0 (B, T) in Hz, 0 where the peak salience <= threshold."""

@@ -32,7 +32,7 @@ import mlx.nn as nn
 import numpy as np
 
 from rvc_mlx.errors import AudioError
-from rvc_mlx.models.fcpe import _exp_arith  # the arithmetic CPU exp; owned by the FCPE module
+from rvc_mlx.models.activations import erf_gelu, exp_arith
 
 SAMPLE_RATE = 16000  # Hz: the only input rate HuBERT / ContentVec accept
 
@@ -40,40 +40,20 @@ SAMPLE_RATE = 16000  # Hz: the only input rate HuBERT / ContentVec accept
 BASE_CONV_LAYERS = ((512, 10, 5),) + ((512, 3, 2),) * 4 + ((512, 2, 2),) * 2
 
 
-# erf(u) ~ u * P(u^2) / Q(u^2) on [-4, 4] (|erf| rounds to 1 beyond): the float32 rational approximation used
-# by Eigen and XLA, within a few ulp. MLX's own CPU erf is ~3x slower than this fused polynomial.
-_ERF_P = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
-          -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02)
-_ERF_Q = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03,
-          -1.42647390514189e-02)
-
-
-def _gelu(x: mx.array) -> mx.array:
-    u = mx.minimum(mx.maximum(x * (1 / math.sqrt(2)), -4.0), 4.0)
-    u2 = u * u
-    p = _ERF_P[0]
-    for c in _ERF_P[1:]:
-        p = p * u2 + c
-    q = _ERF_Q[0]
-    for c in _ERF_Q[1:]:
-        q = q * u2 + c
-    return x * (0.5 + 0.5 * (u * p / q))
-
-
 # Exact (erf) GELU, x * Phi(x), as torch.nn.GELU() / F.gelu: elementwise on any shape.
-gelu = mx.compile(_gelu, shapeless=True)
+gelu = mx.compile(erf_gelu, shapeless=True)
 
 
 @partial(mx.compile, shapeless=True)
 def _normalize_gelu(x: mx.array, mean: mx.array, scale: mx.array, bias: mx.array) -> mx.array:
     """gelu((x - mean) * scale + bias) in one pass over x."""
-    return _gelu((x - mean) * scale + bias)
+    return erf_gelu((x - mean) * scale + bias)
 
 
 @mx.compile
 def _softmax_cpu(scores: mx.array) -> mx.array:
     """Softmax over the last axis with the arithmetic exp (MLX's CPU exp is the attention's bottleneck)."""
-    e = _exp_arith(scores - mx.max(scores, axis=-1, keepdims=True))
+    e = exp_arith(scores - mx.max(scores, axis=-1, keepdims=True))
     return e / mx.sum(e, axis=-1, keepdims=True)
 
 
