@@ -16,6 +16,10 @@ import pytest
 def _stub_torchaudio() -> None:
     if "torchaudio" in sys.modules:
         return
+    try:  # transformers probes torchaudio's module spec: import it before the stand-in exists
+        import transformers  # noqa: F401
+    except Exception:
+        pass
     try:
         import torchaudio  # noqa: F401
     except Exception:
