@@ -413,7 +413,6 @@ def rvc_postprocess(f0: np.ndarray, periodicity: np.ndarray,
     return f0
 
 
-
 def _register() -> None:
     from rvc_mlx.pitch import PitchMethod, register_method
 
