@@ -266,9 +266,9 @@ def _markdown(info: dict, runs: list[dict]) -> str:
              f"- conversion: index rate {o['index_rate']}, protect {o['protect']}, RMS mix "
              f"{o['rms_mix_rate']}, noise zeroed on both sides; rvc-mlx searches the index in "
              f"'{o['index_mode']}' mode",
-             "- cold: the first conversion in a fresh process, after loading; warm: the best of "
-             f"{o['repeats']} more; RTF: time / audio length (below 1 is faster than real time); stage "
-             "times in seconds"]
+             "- cold: the first conversion in a fresh process, after loading; warm: the best of the n "
+             "conversions that follow (n in the table); RTF: warm time / audio length (below 1 is faster "
+             "than real time); load average: 1-minute, when each side started and finished"]
     impls = {r["impl"]: r for e in runs for r in e["results"]}
     for name, r in impls.items():
         versions = ", ".join(f"{k} {v}" for k, v in r["versions"].items())
@@ -288,7 +288,8 @@ def _markdown(info: dict, runs: list[dict]) -> str:
         for name, r in impl.items():
             speed = torch_warm / r["warm"]["total"] if torch_warm else None
             cells = [f"{e['seconds']:g} s", name, f"{_f(r['load']['cold'])} / {_f(r['load']['warm'])}",
-                     _f(r["cold"]["total"]), _f(r["warm"]["total"]), _f(r["warm"]["total"] / e["seconds"], 3),
+                     _f(r["cold"]["total"]), f"{_f(r['warm']['total'])} (n={len(r['warm_totals'])})",
+                     _f(r["warm"]["total"] / e["seconds"], 3),
                      _f(speed) + "x" if speed else "–", f"{r['peak_rss_mb']:.0f}", _f(r["gpu_peak_mb"], 0),
                      f"{r['loadavg'][0]:.1f} → {r['loadavg'][1]:.1f}", e["date"]]
             lines.append("| " + " | ".join(cells) + " |")
