@@ -107,6 +107,7 @@ def ensure_fast_blas() -> str | None:
             # An OpenMP build takes its thread count from the environment when libgomp loads (a later
             # omp_set_num_threads only reaches the calling thread, not MLX's worker).
             os.environ.setdefault("OMP_NUM_THREADS", str(blas_threads()))
+            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle threads sleep rather than spin
         try:
             for p in preload:
                 ctypes.CDLL(p, mode=ctypes.RTLD_GLOBAL)

@@ -91,8 +91,10 @@ def harvest_f0(audio_16k: np.ndarray, *, filter_radius: int = 3, frame_period_ms
 def _register() -> None:
     from rvc_mlx.pitch import PitchMethod, register_method
 
-    register_method(PitchMethod("pm", lambda audio, model, **kw: pm_f0(audio, **kw)))
-    register_method(PitchMethod("harvest", lambda audio, model, **kw: harvest_f0(audio, **kw)))
+    # rvc passes these the float64 signal: keep it float64 for bit-equal results
+    register_method(PitchMethod("pm", lambda audio, model, **kw: pm_f0(audio, **kw), keeps_float64=True))
+    register_method(PitchMethod("harvest", lambda audio, model, **kw: harvest_f0(audio, **kw),
+                                keeps_float64=True))
 
 
 _register()

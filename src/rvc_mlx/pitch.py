@@ -37,6 +37,7 @@ class PitchMethod:
     sample_rate: int = PITCH_SAMPLE_RATE  # Hz the estimator expects its input at
     default_model: str | None = None  # file name under the models directory; None: the method has no weights
     min_samples: int = 1  # shortest input the method accepts, in samples at `sample_rate`
+    keeps_float64: bool = False  # float64 input is passed on unrounded (numpy methods: pm, harvest)
 
 
 _REGISTRY: dict[str, PitchMethod] = {}
@@ -169,7 +170,9 @@ def estimate_f0(audio, sample_rate: int, *, method: str = "rmvpe", model=None, *
     if entry is None:
         raise ValueError(f"unknown f0 method {method!r}; available: {', '.join(available_methods())}")
     sr = _check_sample_rate(sample_rate)
-    x = _resample(_as_mono_float(audio), sr, entry.sample_rate)
+    x = _as_mono_float(audio)
+    if not (entry.keeps_float64 and sr == entry.sample_rate and x.dtype == np.float64):
+        x = _resample(x, sr, entry.sample_rate)
     if x.size < entry.min_samples:
         need = entry.min_samples
         raise AudioError(None, f"audio too short for {method}: {x.size} samples at {entry.sample_rate} Hz, "
