@@ -86,6 +86,44 @@ def test_conv_transpose1d_gemm_equals_mlx_and_torch(case, rng):
     assert rel_err(ours, ref) < TOL
 
 
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv1d_valid_and_region_equal_the_padded_conv(case, rng):
+    """`valid` (no padding) and `region` (outputs [start, stop) of a pre-padded signal) against mx.conv1d."""
+    c_in, c_out, k, s, p, d, g = case
+    x = rng.standard_normal((2, 157, c_in)).astype(np.float32)
+    layer = Conv1d(c_in, c_out, k, stride=s, padding=p, dilation=d, groups=g)
+    layer.bias = mx.array(rng.standard_normal(c_out).astype(np.float32))
+    with conv_impl("gemm"):
+        unpadded = np.array(layer.valid(mx.array(x)))
+    assert rel_err(unpadded, np.array(mx.conv1d(mx.array(x), layer.weight, s, 0, d, g) + layer.bias)) < TOL
+    full = np.array(mx.conv1d(mx.array(x), layer.weight, s, p, d, g) + layer.bias)
+    pad = d * k + s + p
+    padded = mx.pad(mx.array(x), [(0, 0), (pad, pad), (0, 0)])
+    t_out = full.shape[1]
+    for start, stop in ((0, t_out), (t_out // 3, 2 * t_out // 3 + 1), (t_out - 1, t_out)):
+        with conv_impl("gemm"):
+            got = np.array(layer.region(padded, pad, start, stop))
+        assert rel_err(got, full[:, start:stop]) < TOL
+    with pytest.raises(ValueError, match="padding"):
+        layer.region(padded, pad, -pad - 1, 4)
+
+
+@pytest.mark.parametrize("case", CONVT_CASES)
+def test_conv_transpose1d_region_equals_the_full_output(case, rng):
+    c_in, c_out, k, s, p, op = case
+    x = rng.standard_normal((2, 13, c_in)).astype(np.float32)
+    layer = ConvTranspose1d(c_in, c_out, k, stride=s, padding=p, output_padding=op)
+    layer.bias = mx.array(rng.standard_normal(c_out).astype(np.float32))
+    full = np.array(mx.conv_transpose1d(mx.array(x), layer.weight, s, p, output_padding=op) + layer.bias)
+    pad = k // s + 3
+    padded = mx.pad(mx.array(x), [(0, 0), (pad, pad), (0, 0)])
+    t_out = full.shape[1]
+    for start, stop in ((0, t_out), (1, 6), (t_out // 2, t_out)):
+        got = np.array(layer.region(padded, pad, start, stop))
+        assert got.shape == full[:, start:stop].shape
+        assert rel_err(got, full[:, start:stop]) < TOL
+
+
 def test_replacing_the_weight_rebuilds_the_gemm_layout(rng):
     layer = Conv1d(4, 5, 3, padding=1, bias=False)
     x = rng.standard_normal((1, 20, 4)).astype(np.float32)

@@ -25,6 +25,7 @@ from rvc.lib.infer_pack import models as ref_models
 
 from rvc_mlx.checkpoints.voice import load_voice
 from rvc_mlx.models.conv import conv_impl
+from rvc_mlx.models.generator import ChunkPlan
 from rvc_mlx.models.nsf_source import sine_source
 
 TOL = 1e-4
@@ -165,6 +166,7 @@ def check_parity(
     random_draws=False,
     resblock="1",
     impl="auto",
+    chunk_plan=None,
 ):
     path = tmp_path / "voice.pth"
     ref, config = make_voice(path, version, f0_flag, sample_rate, full=full, resblock=resblock)
@@ -176,6 +178,8 @@ def check_parity(
     want = run_reference(ref, f0_flag, content, lengths, pitch, f0, speakers, noise, sine_noise, monkeypatch)
 
     voice = load_voice(path)
+    if chunk_plan is not None:
+        voice.dec.chunk_plan = chunk_plan
     with conv_impl(impl):
         got = voice.synthesize(
             content,
@@ -213,6 +217,15 @@ def test_parity_all_classes_and_rates(tmp_path, monkeypatch, version, f0_flag, s
 def test_parity_random_draws_batch_and_both_conv_paths(tmp_path, monkeypatch, impl):
     """Injected random latent and source noise, two items of different lengths and speakers."""
     check_parity(tmp_path, monkeypatch, "v1", 1, 48000, batch=2, random_draws=True, impl=impl)
+
+
+@pytest.mark.parametrize("resblock", ["1", "2"])
+def test_parity_with_many_small_chunks(tmp_path, monkeypatch, resblock):
+    """The CPU path's time chunks, shorter than their halos, so that chunk seams and the signal's ends fall
+    inside every layer's receptive field; two items of different lengths."""
+    plan = ChunkPlan(elements=1, min_length=37)
+    check_parity(tmp_path, monkeypatch, "v1", 1, 48000, batch=2, random_draws=True, resblock=resblock,
+                 impl="gemm", chunk_plan=plan)
 
 
 def test_parity_real_v2_40k_size(tmp_path, monkeypatch):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections.abc import Iterator
 
 import mlx.core as mx
@@ -59,6 +60,26 @@ def _use_gemm() -> bool:
     if _impl == "auto":
         return mx.default_device() == mx.cpu
     return _impl == "gemm"
+
+
+def use_cpu_path() -> bool:
+    """True when layers take the CPU (GEMM) path: see `set_conv_impl`."""
+    return _use_gemm()
+
+
+_streams: list[mx.Stream] = []  # CPU streams for independent work, made on first use
+
+
+def cpu_streams() -> list[mx.Stream]:
+    """One CPU stream per core this process may run on: MLX runs each stream's work on a thread of its own,
+    so independent pieces of work (e.g. time chunks) put on different streams run in parallel."""
+    if not _streams:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            cores = os.cpu_count() or 1
+        _streams.extend(mx.new_stream(mx.cpu) for _ in range(max(1, cores)))
+    return _streams
 
 
 class _Derived:
@@ -135,21 +156,55 @@ class Conv1d(nn.Module):
             y = y + self.bias
         return y
 
+    def _span(self, t_out: int) -> int:
+        """Input samples the GEMM taps read to make `t_out` outputs (whole frames of `stride` samples)."""
+        s, d, k = self.stride, self.dilation, self.kernel_size
+        if s > 1:
+            return (t_out - 1 + -(-k // s)) * s
+        return t_out + d * (k - 1)
+
     def _gemm(self, x: mx.array) -> mx.array:
-        b, t, c_in = x.shape
-        s, d, g, k, p = self.stride, self.dilation, self.groups, self.kernel_size, self.padding
-        w = self._gemm_weight()
-        q = w.shape[0]
+        t, s, d, k, p = x.shape[1], self.stride, self.dilation, self.kernel_size, self.padding
         t_out = (t + 2 * p - d * (k - 1) - 1) // s + 1
         if t_out <= 0:
             raise ValueError(f"input of {t} samples is shorter than the kernel span")
-        # frames of s samples: tap group j of output i reads frame i + j, so zero-pad to whole frames.
-        n_frames = t_out + q - 1 if s > 1 else t_out + d * (k - 1)
-        right = n_frames * s - t - p
+        right = self._span(t_out) - t - p  # zeros to append (negative: samples the taps never read)
         if p > 0 or right > 0:
             x = mx.pad(x, [(0, 0), (p, max(right, 0)), (0, 0)])
-        if right < 0:
+        return self._taps(x, t_out)
+
+    def valid(self, x: mx.array) -> mx.array:
+        """The convolution without padding (CPU GEMM path): (B, T, C_in) -> (B, T_out, C_out), output i
+        reading input samples i·stride + j·dilation, T_out = (T − dilation·(K − 1) − 1) // stride + 1."""
+        t_out = (x.shape[1] - self.dilation * (self.kernel_size - 1) - 1) // self.stride + 1
+        if t_out <= 0:
+            raise ValueError(f"input of {x.shape[1]} samples is shorter than the kernel span")
+        return self._taps(x, t_out)
+
+    def region(self, x: mx.array, pad: int, start: int, stop: int) -> mx.array:
+        """Outputs [start, stop) of the padded convolution of a signal given with `pad` zeros on each side.
+
+        x: (B, pad + T + pad, C_in); outputs outside [0, T_out) are computed from the zeros (not zeroed).
+        Returns (B, stop − start, C_out). The caller pads enough for the region (ValueError otherwise).
+        """
+        lo = start * self.stride - self.padding + pad
+        last = lo + (stop - start - 1) * self.stride + self.dilation * (self.kernel_size - 1)  # last read
+        if lo < 0 or last >= x.shape[1]:
+            raise ValueError(f"region [{start}, {stop}) needs more than {pad} samples of padding")
+        return self._taps(x[:, lo : lo + self._span(stop - start)], stop - start)
+
+    def _taps(self, x: mx.array, t_out: int) -> mx.array:
+        """x: (B, T, C_in), the samples the taps read, padded -> (B, t_out, C_out). T may stop short of the
+        span by samples only the zero weights appended to a strided kernel would read."""
+        b, _, c_in = x.shape
+        s, d, g = self.stride, self.dilation, self.groups
+        w = self._gemm_weight()
+        q = w.shape[0]
+        n_frames = self._span(t_out) // s
+        if x.shape[1] > n_frames * s:
             x = x[:, : n_frames * s]
+        elif x.shape[1] < n_frames * s:  # the last frame's taps past the kernel (zero weights)
+            x = mx.pad(x, [(0, 0), (0, n_frames * s - x.shape[1]), (0, 0)])
         x = x.reshape(b, n_frames, s * c_in)  # (B, frames, s·C_in)
         if g > 1:
             x = x.reshape(b, n_frames, s, g, c_in // g).transpose(0, 3, 1, 2, 4)
@@ -238,3 +293,28 @@ class ConvTranspose1d(nn.Module):
         if end > out.shape[1]:
             out = mx.pad(out, [(0, 0), (0, end - out.shape[1]), (0, 0)])
         return out[:, p:end]
+
+    def region(self, x: mx.array, pad: int, start: int, stop: int) -> mx.array:
+        """Outputs [start, stop) of the transposed convolution of an input given with `pad` zero steps on
+        each side: x (B, pad + T + pad, C_in) -> (B, stop − start, C_out) (CPU GEMM path).
+
+        Outputs outside [0, T_out) get only the bias (not zeroed). The caller pads enough for the region.
+        """
+        b = x.shape[0]
+        s, k, p, c_out = self.stride, self.kernel_size, self.padding, self.out_channels
+        q = -(-k // s)
+        f0, f1 = (start + p) // s, -(-(stop + p) // s)  # frames of s samples of the uncropped output
+        n = f1 - f0
+        lo, hi = f0 - (q - 1) + pad, f1 + pad  # input steps writing those frames
+        if lo < 0 or hi > x.shape[1]:
+            raise ValueError(f"region [{start}, {stop}) needs more than {pad} frames of padding")
+        y = (x[:, lo:hi] @ self._gemm_weight()).reshape(b, hi - lo, q, s, c_out)  # (B, n+q−1, Q, s, C_out)
+        out = y[:, q - 1 : q - 1 + n, 0]  # frame f gets tap group j of input step f − j
+        for j in range(1, q):
+            out = out + y[:, q - 1 - j : q - 1 - j + n, j]
+        out = out.reshape(b, n * s, c_out)  # (B, n·s, C_out)
+        first = start + p - f0 * s
+        out = out[:, first : first + stop - start]
+        if "bias" in self:
+            out = out + self.bias
+        return out

@@ -9,11 +9,12 @@ upstream state-dict names (`ups.0`, `resblocks.3.convs1.1`, `m_source.l_linear`,
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import mlx.core as mx
 import mlx.nn as nn
 
-from rvc_mlx.models.conv import Conv1d, ConvTranspose1d
+from rvc_mlx.models.conv import Conv1d, ConvTranspose1d, cpu_streams, use_cpu_path
 from rvc_mlx.models.nsf_source import SourceModuleHnNSF
 from rvc_mlx.models.text_encoder import LRELU_SLOPE
 
@@ -23,6 +24,27 @@ FINAL_LRELU_SLOPE = 0.01  # the generator's last leaky ReLU uses torch's default
 def get_padding(kernel_size: int, dilation: int = 1) -> int:
     """'Same' padding of an odd kernel with the given dilation."""
     return (kernel_size * dilation - dilation) // 2
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """How the CPU path cuts each upsampling stage of the decoder into time chunks (see `Generator`)."""
+
+    elements: int = 1 << 18  # samples × channels of a chunk (its length in samples is this ÷ channels)
+    min_length: int = 512  # shortest chunk, samples (each chunk also recomputes a halo of ~60 each side)
+
+
+def _lrelu(x: mx.array, slope: float) -> mx.array:
+    return mx.maximum(x, x * slope)
+
+
+def _zero_outside(y: mx.array, start: int, total: int) -> mx.array:
+    """y: (B, L, C), samples [start, start + L) of a signal that is zero outside [0, total)."""
+    n = y.shape[1]
+    lo, hi = max(0, -start), min(n, total - start)
+    if lo == 0 and hi == n:
+        return y
+    return mx.pad(y[:, lo:hi], [(0, 0), (lo, n - hi), (0, 0)])
 
 
 class ResBlock1(nn.Module):
@@ -45,6 +67,25 @@ class ResBlock1(nn.Module):
             x = xt + x
         return x
 
+    @property
+    def reach(self) -> int:
+        """Input samples on each side that one output sample depends on."""
+        return sum(c1.padding + c2.padding for c1, c2 in zip(self.convs1, self.convs2, strict=True))
+
+    def valid(self, x: mx.array, start: int, total: int) -> mx.array:
+        """The block on a piece of its input, without padding (CPU path).
+
+        x: (B, L, C), samples [start, start + L) of an input that is zero outside [0, total) ->
+        (B, L − 2·reach, C), the output on [start + reach, start + L − reach).
+        """
+        for c1, c2 in zip(self.convs1, self.convs2, strict=True):
+            shift = c1.padding + c2.padding
+            xt = _zero_outside(c1.valid(_lrelu(x, LRELU_SLOPE)), start + c1.padding, total)
+            xt = _zero_outside(c2.valid(_lrelu(xt, LRELU_SLOPE)), start + shift, total)
+            x = xt + x[:, shift : shift + xt.shape[1]]
+            start += shift
+        return x
+
 
 class ResBlock2(nn.Module):
     """HiFi-GAN MRF block type 2: dilated convs with residuals. (B, T, C) -> same."""
@@ -61,9 +102,29 @@ class ResBlock2(nn.Module):
             x = c(nn.leaky_relu(x, LRELU_SLOPE)) + x
         return x
 
+    @property
+    def reach(self) -> int:
+        """Input samples on each side that one output sample depends on."""
+        return sum(c.padding for c in self.convs)
+
+    def valid(self, x: mx.array, start: int, total: int) -> mx.array:
+        """As `ResBlock1.valid`: (B, L, C) piece at `start` -> (B, L − 2·reach, C)."""
+        for c in self.convs:
+            xt = _zero_outside(c.valid(_lrelu(x, LRELU_SLOPE)), start + c.padding, total)
+            x = xt + x[:, c.padding : c.padding + xt.shape[1]]
+            start += c.padding
+        return x
+
 
 class Generator(nn.Module):
-    """HiFi-GAN `dec`: latent (B, T, C_in) [+ f0 (B, T) Hz] -> waveform (B, T·prod(upsample_rates), 1)."""
+    """HiFi-GAN `dec`: latent (B, T, C_in) [+ f0 (B, T) Hz] -> waveform (B, T·prod(upsample_rates), 1).
+
+    On the CPU path (`conv.use_cpu_path()`) every upsampling stage (leaky ReLU, transposed conv, noise conv,
+    the averaged residual blocks; in the last stage also `conv_post` and tanh) runs in time chunks of
+    `chunk_plan` size, each computed from the stage input around it (a halo as wide as the blocks' reach)
+    with unpadded convolutions, and zeroed outside the signal where the reference zero-pads. Chunks keep
+    the working set in cache and go round-robin to one CPU stream per core, so they run in parallel.
+    """
 
     def __init__(
         self,
@@ -102,6 +163,7 @@ class Generator(nn.Module):
         self.conv_post = Conv1d(c_out, 1, 7, padding=3, bias=False)
         if gin_channels:
             self.cond = Conv1d(gin_channels, upsample_initial_channel, 1)
+        self.chunk_plan = ChunkPlan()  # CPU path: chunk sizes (not a parameter)
 
     def __call__(
         self,
@@ -121,6 +183,8 @@ class Generator(nn.Module):
         x = self.conv_pre(x)
         if g is not None:
             x = x + self.cond(g)
+        if use_cpu_path():
+            return self._chunked(x, source)
         for i, up in enumerate(self.ups):
             x = up(nn.leaky_relu(x, LRELU_SLOPE))
             if source is not None:
@@ -131,3 +195,66 @@ class Generator(nn.Module):
             x = xs / self.num_kernels
         x = self.conv_post(nn.leaky_relu(x, FINAL_LRELU_SLOPE))
         return mx.tanh(x)
+
+    def _stage_blocks(self, i: int) -> list[nn.Module]:
+        return self.resblocks[i * self.num_kernels : (i + 1) * self.num_kernels]
+
+    def _chunked(self, x: mx.array, source: mx.array | None) -> mx.array:
+        """The upsampling stages in time chunks (CPU path): x (B, T, C) after conv_pre -> (B, T·upp, 1)."""
+        streams = cpu_streams()
+        halos = []  # per stage: stage-output samples each chunk needs beyond its own on each side
+        for i in range(len(self.ups)):
+            post = self.conv_post.padding if i == len(self.ups) - 1 else 0
+            halos.append(max(block.reach for block in self._stage_blocks(i)) + post)
+        pad_src = 0
+        if source is not None:  # zeros around the source, enough for every stage's noise conv
+            convs = zip(halos, self.noise_convs, strict=True)
+            pad_src = max((h + 2) * c.stride + c.kernel_size for h, c in convs)
+            source = mx.pad(source, [(0, 0), (pad_src, pad_src), (0, 0)])
+        x = _lrelu(x, LRELU_SLOPE)
+        for i, up in enumerate(self.ups):
+            t_out = (x.shape[1] - 1) * up.stride - 2 * up.padding + up.kernel_size + up.output_padding
+            pad = -(-(up.kernel_size + up.output_padding + halos[i]) // up.stride) + 2  # input steps
+            x = mx.pad(x, [(0, 0), (pad, pad), (0, 0)])
+            length = max(self.chunk_plan.min_length, self.chunk_plan.elements // up.out_channels)
+            chunks = []
+            for n, start in enumerate(range(0, t_out, length)):
+                with mx.stream(streams[n % len(streams)]):
+                    stop = min(start + length, t_out)
+                    chunks.append(self._chunk(i, x, pad, source, pad_src, start, stop, t_out, halos[i]))
+            x = mx.concatenate(chunks, axis=1) if len(chunks) > 1 else chunks[0]
+        return x
+
+    def _chunk(
+        self,
+        i: int,
+        x: mx.array,
+        pad: int,
+        source: mx.array | None,
+        pad_src: int,
+        start: int,
+        stop: int,
+        total: int,
+        halo: int,
+    ) -> mx.array:
+        """Stage i's output on [start, stop) of its `total` samples, from its input x (B, pad + T + pad, C)
+        (activated) and the padded source -> (B, stop − start, C) activated for the next stage, or the
+        waveform (B, stop − start, 1) in the last stage."""
+        lo, hi = start - halo, stop + halo
+        u = self.ups[i].region(x, pad, lo, hi)  # (B, hi − lo, C)
+        if source is not None:
+            u = u + self.noise_convs[i].region(source, pad_src, lo, hi)
+        u = _zero_outside(u, lo, total)
+        last = i == len(self.ups) - 1
+        post = self.conv_post.padding if last else 0
+        reach = halo - post
+        xs = None
+        for block in self._stage_blocks(i):
+            cut = reach - block.reach
+            y = block.valid(u[:, cut : u.shape[1] - cut], lo + cut, total)  # (B, stop − start + 2·post, C)
+            xs = y if xs is None else xs + y
+        x = xs / self.num_kernels
+        if not last:
+            return _lrelu(x, LRELU_SLOPE)
+        x = _zero_outside(x, start - post, total)
+        return mx.tanh(self.conv_post.valid(_lrelu(x, FINAL_LRELU_SLOPE)))
