@@ -24,6 +24,7 @@ from conftest import rel_err
 from rvc.lib.infer_pack import models as ref_models
 
 from rvc_mlx.checkpoints.voice import load_voice
+from rvc_mlx.models.activations import tanh_arith
 from rvc_mlx.models.conv import conv_impl
 from rvc_mlx.models.generator import ChunkPlan
 from rvc_mlx.models.nsf_source import sine_source
@@ -297,3 +298,15 @@ def test_sine_source_matches_sinegen_on_long_input(monkeypatch, harmonics, exact
     err = rel_err(got, want)
     print(f"sine source, {harmonics} harmonics, exact={exact}: rel err {err:.2e}")
     assert err <= (1e-6 if exact else 2e-5)
+
+
+def test_arithmetic_tanh_within_float32_ulps():
+    """The flow's CPU tanh against float64: dense over [-12, 12], log-spaced down to 1e-30, signed zeros."""
+    x = np.concatenate([np.linspace(-12, 12, 400_001), np.geomspace(1e-30, 50, 100_000)])
+    x = np.concatenate([x, -x, [0.0, -0.0, 1e4, -1e4]]).astype(np.float32)
+    want = np.tanh(x.astype(np.float64))
+    got = np.array(tanh_arith(mx.array(x))).astype(np.float64)
+    ulps = np.abs(got - want) / np.spacing(np.abs(want).astype(np.float32)).astype(np.float64)
+    print(f"arithmetic tanh: max {ulps.max():.2f} ulp")
+    assert ulps.max() <= 2.5
+    assert np.array_equal(np.signbit(got[-4:-2]), [False, True])

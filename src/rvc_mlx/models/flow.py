@@ -10,12 +10,26 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
+from rvc_mlx.models.activations import sigmoid, tanh_arith
 from rvc_mlx.models.conv import Conv1d
 
 FLOW_KERNEL_SIZE = 5  # WaveNet kernel of RVC's flow (fixed in the synthesizer constructors)
 FLOW_DILATION_RATE = 1  # WaveNet dilation growth of RVC's flow
 FLOW_LAYERS = 3  # WaveNet layers per coupling layer
 N_FLOWS = 4  # coupling layers (each followed by a channel flip)
+
+
+@mx.compile  # not shapeless: the arithmetic exp's bit view has no shapeless form
+def _gate_cpu(x_tanh: mx.array, x_sigmoid: mx.array) -> mx.array:
+    return tanh_arith(x_tanh) * sigmoid(x_sigmoid)  # traced on the CPU: sigmoid's arithmetic exp
+
+
+def _gate(x_tanh: mx.array, x_sigmoid: mx.array) -> mx.array:
+    """WaveNet's gated unit tanh(a)·sigmoid(b): (B, T, H) each -> (B, T, H); on the CPU one fused pass with
+    the arithmetic tanh and exp."""
+    if mx.default_device() == mx.cpu and x_tanh.dtype == mx.float32:
+        return _gate_cpu(x_tanh, x_sigmoid)
+    return mx.tanh(x_tanh) * mx.sigmoid(x_sigmoid)
 
 
 class WN(nn.Module):
@@ -52,7 +66,7 @@ class WN(nn.Module):
             x_in = in_layer(x)  # (B, T, 2H)
             if g is not None:
                 x_in = x_in + g[..., 2 * h * i : 2 * h * (i + 1)]
-            acts = mx.tanh(x_in[..., :h]) * mx.sigmoid(x_in[..., h:])
+            acts = _gate(x_in[..., :h], x_in[..., h:])
             res_skip = res_skip_layer(acts)
             if i < self.n_layers - 1:
                 x = (x + res_skip[..., :h]) * mask
