@@ -1,0 +1,1 @@
+"""Stand-in: torchcrepe is not installed on this host (not on the benchmark's path)."""
