@@ -18,11 +18,11 @@ import warnings
 import numpy as np
 
 from rvc_mlx.errors import AudioError, RVCError
+from rvc_mlx.pitch import F0_MAX_HZ as F0_MAX
+from rvc_mlx.pitch import F0_MIN_HZ as F0_MIN
+from rvc_mlx.pitch import PITCH_HOP_LENGTH as HOP_LENGTH
+from rvc_mlx.pitch import PITCH_SAMPLE_RATE as SAMPLE_RATE
 
-SAMPLE_RATE = 16000  # Hz; the pipeline estimates pitch on 16 kHz audio
-HOP_LENGTH = 160  # samples per pitch frame (10 ms), the pipeline's `window`
-F0_MIN = 50.0  # Hz, pitch floor the pipeline passes to every tracker
-F0_MAX = 1100.0  # Hz, pitch ceiling the pipeline passes to every tracker
 PM_VOICING_THRESHOLD = 0.6  # Praat voicing threshold rvc uses
 MEDIAN_FILTER_RADIUS = 2  # harvest's f0 is median-filtered (3 points) only when filter_radius exceeds this
 

@@ -24,6 +24,8 @@ from rvc_mlx.paths import default_model_path
 
 PITCH_SAMPLE_RATE = 16000  # Hz: RVC estimates pitch on the 16 kHz signal
 PITCH_HOP_LENGTH = 160  # samples of the 16 kHz signal per f0 frame (100 frames/s)
+F0_MIN_HZ = 50.0  # pitch floor RVC passes to every tracker (and the coarse-pitch embedding's bottom)
+F0_MAX_HZ = 1100.0  # pitch ceiling, likewise
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,12 @@ from __future__ import annotations
 import numpy as np
 from scipy import signal
 
-ANALYSIS_SAMPLE_RATE = 16000  # HuBERT and every pitch estimator read 16 kHz audio
-HOP_LENGTH = 160  # samples of 16 kHz audio per pitch frame (100 frames/s)
+from rvc_mlx.pitch import F0_MAX_HZ, F0_MIN_HZ
+from rvc_mlx.pitch import PITCH_HOP_LENGTH as HOP_LENGTH  # samples of 16 kHz audio per pitch frame
+from rvc_mlx.pitch import PITCH_SAMPLE_RATE as ANALYSIS_SAMPLE_RATE  # HuBERT and the f0 methods read 16 kHz
+
 INPUT_PEAK = 0.95  # louder inputs are scaled down to this peak before conversion
 OUTPUT_PEAK = 0.99  # outputs louder than this are scaled down to it
-F0_MIN_HZ = 50.0  # the pitch range the coarse-pitch embedding spans
-F0_MAX_HZ = 1100.0
 
 # 5th-order Butterworth high-pass at 48 Hz, applied forward and backward (zero phase).
 _HIGHPASS_B, _HIGHPASS_A = signal.butter(N=5, Wn=48, btype="high", fs=ANALYSIS_SAMPLE_RATE)

@@ -22,7 +22,6 @@ import numpy as np
 from rvc_mlx.errors import AudioError
 from rvc_mlx.models.conv import Conv1d
 
-SAMPLE_RATE = 16000  # Hz; CREPE only runs at this rate
 WINDOW_SAMPLES = 1024  # samples per analysis frame
 PITCH_BINS = 360  # classifier outputs
 CENTS_PER_BIN = 20  # pitch spacing of the classifier outputs

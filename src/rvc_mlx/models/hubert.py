@@ -33,8 +33,7 @@ import numpy as np
 
 from rvc_mlx.errors import AudioError
 from rvc_mlx.models.activations import erf_gelu, exp_arith
-
-SAMPLE_RATE = 16000  # Hz: the only input rate HuBERT / ContentVec accept
+from rvc_mlx.pitch import PITCH_SAMPLE_RATE as SAMPLE_RATE  # (the only rate HuBERT accepts)
 
 # fairseq's conv_feature_layers for base: (channels, kernel, stride) per layer.
 BASE_CONV_LAYERS = ((512, 10, 5),) + ((512, 3, 2),) * 4 + ((512, 2, 2),) * 2

@@ -27,9 +27,9 @@ import mlx.nn as nn
 import numpy as np
 
 from rvc_mlx import dsp
+from rvc_mlx.pitch import PITCH_HOP_LENGTH as HOP_LENGTH  # (samples per frame, 100 frames/s)
+from rvc_mlx.pitch import PITCH_SAMPLE_RATE as SAMPLE_RATE  # (Hz the model works at)
 
-SAMPLE_RATE = 16000  # Hz the model works at
-HOP_LENGTH = 160  # samples per frame (100 frames/s)
 N_BINS = 360  # salience bins, 20 cents apart
 N_MELS = 128  # mel bands (fixed by the GRU input size 3 * 128)
 CENTS_OFFSET = 1997.3794084376191  # cents of bin 0 (relative to 10 Hz)
