@@ -171,7 +171,7 @@ def _ours_worker(job: dict) -> dict:
     result = {
         "impl": "rvc-mlx",
         "device": f"{'gpu' if gpu else 'cpu'} ({info.get('device_name', '?')})",
-        "threads": _cores(),
+        "threads": _blas.blas_threads() if _blas.loaded_from else None,  # OpenBLAS's; MLX's own CPU ops: 1
         "versions": {"rvc-mlx": __version__, "mlx": mx.__version__,
                      "BLAS": os.path.basename(_blas.loaded_from or "MLX's own")},
         "cold": cold,
@@ -272,7 +272,9 @@ def _markdown(info: dict, runs: list[dict]) -> str:
     impls = {r["impl"]: r for e in runs for r in e["results"]}
     for name, r in impls.items():
         versions = ", ".join(f"{k} {v}" for k, v in r["versions"].items())
-        lines.append(f"- {name}: {versions}; device {r['device']}, {r['threads']} threads")
+        kind = "BLAS threads" if name == "rvc-mlx" else "threads"
+        threads = f"{r['threads']} {kind}" if r["threads"] else f"default {kind}"
+        lines.append(f"- {name}: {versions}; device {r['device']}, {threads}")
     if "torch" in impls:
         lines.append("- reference: rvc 0.3.5 `Pipeline.pipeline` in fp32, in its own process (HuBERT through "
                      "transformers' HubertModel on the fairseq weights)")
