@@ -75,7 +75,7 @@ def make_models(profile: str, out: Path, seed: int = 0) -> dict:
         "index": index,
         "hubert_config": {k: list(v) if isinstance(v, tuple) else v for k, v in hubert_config.items()},
         "hubert_names": fairseq_names,
-        "description": describe(spec),
+        "description": describe(spec) + " (RVC's file layouts)",
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return manifest

@@ -262,7 +262,7 @@ def _markdown(info: dict, runs: list[dict]) -> str:
     o, host = info["options"], info["host"]
     lines = [f"# rvc-mlx vs the PyTorch reference: {info['machine']}, MLX device {info['device']}", "",
              f"- host: {host['cpu']}, {host['cores']} cores, {host['os']}, Python {host['python']}",
-             f"- models (random weights, RVC's file layouts): {info['models']}",
+             f"- models (random weights): {info['models']}",
              f"- conversion: index rate {o['index_rate']}, protect {o['protect']}, RMS mix "
              f"{o['rms_mix_rate']}, noise zeroed on both sides; rvc-mlx searches the index in "
              f"'{o['index_mode']}' mode",
