@@ -57,8 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("doctor", help="check the install: back end, BLAS speed, a whole conversion")
     p.add_argument("--seconds", type=float, default=3.0, help="length of the generated test audio")
 
-    p = sub.add_parser("bench", help="time the pipeline stages (see benchmarks/)")
-    p.add_argument("--seconds", type=float, nargs="+", default=[5.0])
+    p = sub.add_parser("bench", help="time rvc-mlx against the PyTorch reference, per stage (benchmarks/)")
+    p.add_argument("--seconds", type=float, nargs="+", default=[5.0, 30.0], help="audio lengths")
+    p.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    p.add_argument("--repeats", type=int, default=3, help="warm conversions (best of)")
+    p.add_argument("--no-reference", action="store_true", help="time rvc-mlx alone")
+    p.add_argument("--machine", help="results folder name")
+    p.add_argument("--models-dir", help="keep and reuse the model files here")
     return parser
 
 
@@ -90,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench":
             from rvc_mlx.bench import run_bench
 
-            return run_bench(args.seconds)
+            return run_bench(args.seconds, device=args.device, repeats=args.repeats,
+                             reference=not args.no_reference, machine=args.machine,
+                             models_dir=args.models_dir)
     except RVCError as e:
         print(f"rvc-mlx: error: {e}", file=sys.stderr)
         return 2
