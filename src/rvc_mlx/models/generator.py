@@ -9,6 +9,8 @@ upstream state-dict names (`ups.0`, `resblocks.3.convs1.1`, `m_source.l_linear`,
 from __future__ import annotations
 
 import math
+from collections.abc import Generator as Steps
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import mlx.core as mx
@@ -47,6 +49,49 @@ def _zero_outside(y: mx.array, start: int, total: int) -> mx.array:
     return mx.pad(y[:, lo:hi], [(0, 0), (lo, n - hi), (0, 0)])
 
 
+def _run(steps: Steps) -> mx.array:
+    """Drive a step generator (see `_lockstep`) to its end -> its result."""
+    try:
+        x = next(steps)
+        while True:
+            x = steps.send(x)
+    except StopIteration as done:
+        return done.value
+
+
+def _lockstep(lanes: Sequence[Steps], streams: Sequence[mx.Stream]) -> list:
+    """Run step generators side by side, lane k on streams[k] -> their results.
+
+    A step generator yields the array its next step continues from and takes back an array of the same
+    values. Here that array gets a dependency on what the other lanes yielded at the previous step, which
+    only orders the graph: MLX evaluates depth-first from the outputs and keeps a bounded backlog of queued
+    work, so without it one lane's whole chain would be queued before the next lane's starts and the streams
+    would mostly take turns. Interleaved, each stream always has queued work (measured: 1.33x -> 1.95x on
+    two cores for chains of 11-tap convolutions).
+    """
+    results: list = [None] * len(lanes)
+    current: list = [None] * len(lanes)
+    for k, lane in enumerate(lanes):
+        with mx.stream(streams[k]):
+            try:
+                current[k] = next(lane)
+            except StopIteration as done:
+                results[k] = done.value
+    while any(c is not None for c in current):
+        previous = list(current)
+        for k, lane in enumerate(lanes):
+            if previous[k] is None:
+                continue
+            with mx.stream(streams[k]):
+                others = [p for j, p in enumerate(previous) if j != k and p is not None]
+                x = mx.depends(previous[k], others) if others else previous[k]
+                try:
+                    current[k] = lane.send(x)
+                except StopIteration as done:
+                    results[k], current[k] = done.value, None
+    return results
+
+
 class ResBlock1(nn.Module):
     """HiFi-GAN MRF block type 1: three (dilated conv, conv) pairs with residuals. (B, T, C) -> same."""
 
@@ -78,11 +123,15 @@ class ResBlock1(nn.Module):
         x: (B, L, C), samples [start, start + L) of an input that is zero outside [0, total) ->
         (B, L − 2·reach, C), the output on [start + reach, start + L − reach).
         """
+        return _run(self.steps(x, start, total))
+
+    def steps(self, x: mx.array, start: int, total: int) -> Steps:
+        """`valid` as a step generator (see `_lockstep`): one step per convolution."""
         for c1, c2 in zip(self.convs1, self.convs2, strict=True):
             shift = c1.padding + c2.padding
-            xt = _zero_outside(c1.valid(_lrelu(x, LRELU_SLOPE)), start + c1.padding, total)
+            xt = yield _zero_outside(c1.valid(_lrelu(x, LRELU_SLOPE)), start + c1.padding, total)
             xt = _zero_outside(c2.valid(_lrelu(xt, LRELU_SLOPE)), start + shift, total)
-            x = xt + x[:, shift : shift + xt.shape[1]]
+            x = yield xt + x[:, shift : shift + xt.shape[1]]
             start += shift
         return x
 
@@ -109,9 +158,13 @@ class ResBlock2(nn.Module):
 
     def valid(self, x: mx.array, start: int, total: int) -> mx.array:
         """As `ResBlock1.valid`: (B, L, C) piece at `start` -> (B, L − 2·reach, C)."""
+        return _run(self.steps(x, start, total))
+
+    def steps(self, x: mx.array, start: int, total: int) -> Steps:
+        """`valid` as a step generator (see `_lockstep`): one step per convolution."""
         for c in self.convs:
             xt = _zero_outside(c.valid(_lrelu(x, LRELU_SLOPE)), start + c.padding, total)
-            x = xt + x[:, c.padding : c.padding + xt.shape[1]]
+            x = yield xt + x[:, c.padding : c.padding + xt.shape[1]]
             start += c.padding
         return x
 
@@ -217,13 +270,25 @@ class Generator(nn.Module):
             pad = -(-(up.kernel_size + up.output_padding + halos[i]) // up.stride) + 2  # input steps
             x = mx.pad(x, [(0, 0), (pad, pad), (0, 0)])
             length = max(self.chunk_plan.min_length, self.chunk_plan.elements // up.out_channels)
-            chunks = []
-            for n, start in enumerate(range(0, t_out, length)):
-                with mx.stream(streams[n % len(streams)]):
-                    stop = min(start + length, t_out)
-                    chunks.append(self._chunk(i, x, pad, source, pad_src, start, stop, t_out, halos[i]))
+            starts = range(0, t_out, length)
+            n_lanes = min(len(streams), len(starts))
+            lanes = [
+                self._lane(i, x, pad, source, pad_src, starts[k::n_lanes], length, t_out, halos[i])
+                for k in range(n_lanes)
+            ]
+            per_lane = _lockstep(lanes, streams[:n_lanes])
+            chunks = [per_lane[n % n_lanes][n // n_lanes] for n in range(len(starts))]
             x = mx.concatenate(chunks, axis=1) if len(chunks) > 1 else chunks[0]
         return x
+
+    def _lane(self, i: int, x: mx.array, pad: int, source: mx.array | None, pad_src: int,
+              starts: Sequence[int], length: int, total: int, halo: int) -> Steps:
+        """Stage i's chunks starting at `starts`, one after the other, as one step generator -> their list."""
+        outs = []
+        for start in starts:
+            stop = min(start + length, total)
+            outs.append((yield from self._chunk(i, x, pad, source, pad_src, start, stop, total, halo)))
+        return outs
 
     def _chunk(
         self,
@@ -236,22 +301,23 @@ class Generator(nn.Module):
         stop: int,
         total: int,
         halo: int,
-    ) -> mx.array:
+    ) -> Steps:
         """Stage i's output on [start, stop) of its `total` samples, from its input x (B, pad + T + pad, C)
-        (activated) and the padded source -> (B, stop − start, C) activated for the next stage, or the
-        waveform (B, stop − start, 1) in the last stage."""
+        (activated) and the padded source, as a step generator (see `_lockstep`) -> (B, stop − start, C)
+        activated for the next stage, or the waveform (B, stop − start, 1) in the last stage."""
         lo, hi = start - halo, stop + halo
         u = self.ups[i].region(x, pad, lo, hi)  # (B, hi − lo, C)
         if source is not None:
             u = u + self.noise_convs[i].region(source, pad_src, lo, hi)
-        u = _zero_outside(u, lo, total)
+        u = yield _zero_outside(u, lo, total)
         last = i == len(self.ups) - 1
         post = self.conv_post.padding if last else 0
         reach = halo - post
         xs = None
         for block in self._stage_blocks(i):
             cut = reach - block.reach
-            y = block.valid(u[:, cut : u.shape[1] - cut], lo + cut, total)  # (B, stop − start + 2·post, C)
+            piece = u[:, cut : u.shape[1] - cut]
+            y = yield from block.steps(piece, lo + cut, total)  # (B, stop − start + 2·post, C)
             xs = y if xs is None else xs + y
         x = xs / self.num_kernels
         if not last:
