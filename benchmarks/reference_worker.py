@@ -122,6 +122,11 @@ def run(job: dict) -> dict:
     if device == "auto":
         device = "cuda" if job["device"] == "gpu" and torch.cuda.is_available() else "cpu"
     cuda = device.startswith("cuda")
+    # Same precision as rvc-mlx: TF32 only if MLX_ENABLE_TF32=1 (rvc-mlx's default is exact float32; torch's
+    # own default runs cuDNN convolutions in TF32).
+    tf32 = os.environ.get("MLX_ENABLE_TF32", "0") == "1"
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
     root = Path(job["models_dir"])
     manifest = json.loads((root / "manifest.json").read_text())
     if manifest["rmvpe"]:
