@@ -24,6 +24,7 @@ from conftest import rel_err
 from rvc.lib.infer_pack import models as ref_models
 
 from rvc_mlx.checkpoints.voice import load_voice
+from rvc_mlx.models import text_encoder
 from rvc_mlx.models.activations import tanh_arith
 from rvc_mlx.models.conv import conv_impl
 from rvc_mlx.models.generator import ChunkPlan
@@ -227,6 +228,15 @@ def test_parity_with_many_small_chunks(tmp_path, monkeypatch, resblock):
     plan = ChunkPlan(elements=1, min_length=37)
     check_parity(tmp_path, monkeypatch, "v1", 1, 48000, batch=2, random_draws=True, resblock=resblock,
                  impl="gemm", chunk_plan=plan)
+
+
+def test_parity_with_attention_query_blocks(tmp_path, monkeypatch):
+    """The CPU path's attention in blocks of 7 query rows (band and key mask cut by the blocks), two items of
+    different lengths."""
+    with monkeypatch.context() as patch:
+        patch.setattr(text_encoder, "QUERY_BLOCK_ELEMENTS", 1)
+        patch.setattr(text_encoder, "QUERY_BLOCK_MIN_ROWS", 7)
+        check_parity(tmp_path, monkeypatch, "v2", 1, 40000, frames=40, batch=2, random_draws=True)
 
 
 def test_parity_real_v2_40k_size(tmp_path, monkeypatch):

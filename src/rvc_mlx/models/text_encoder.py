@@ -8,15 +8,20 @@ embeddings shared by all heads) and convolutional FFNs, matching `rvc.lib.infer_
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 
-from rvc_mlx.models.conv import Conv1d
+from rvc_mlx.models.activations import softmax, softmax_arith
+from rvc_mlx.models.conv import Conv1d, cpu_streams, use_cpu_path
 
 WINDOW_SIZE = 10  # relative-attention window of the RVC encoder, in frames on each side
 PITCH_BINS = 256  # coarse pitch vocabulary of `emb_pitch`
 LRELU_SLOPE = 0.1  # leaky ReLU slope of RVC's modules (HiFi-GAN, text encoder)
+QUERY_BLOCK_ELEMENTS = 1 << 20  # CPU path: attention scores per query block (B·H·rows·T)
+QUERY_BLOCK_MIN_ROWS = 64  # CPU path: fewest query rows per block
 
 
 class LayerNorm(nn.Module):
@@ -32,23 +37,37 @@ class LayerNorm(nn.Module):
         return mx.fast.layer_norm(x, self.gamma, self.beta, self.eps)
 
 
-def _band_indices(length: int, window: int) -> tuple[mx.array, mx.array, mx.array, mx.array]:
-    """Index maps between absolute (T, T) and banded relative (T, 2·window+1) attention positions.
+@lru_cache(maxsize=256)
+def _band_positions(length: int, window: int, first: int, rows: int) -> tuple[mx.array, ...]:
+    """Where the relative-position band of queries [first, first + rows) lies in their (rows, T) attention
+    scores and in their (rows, 2·window+1) relative form.
 
-    Returns (rel_of_abs, abs_valid, abs_of_rel, rel_valid): entry [i, j] of `rel_of_abs` is the relative slot
-    j − i + window of key j for query i (valid where |j − i| <= window); entry [i, r] of `abs_of_rel` is the
-    key i + r − window that relative slot r of query i points at (valid where that key exists).
+    Returns (abs_pos, rel_pos, abs_of_rel, rel_valid): abs_pos (N,) = i·T + j and rel_pos (N,) =
+    i·(2W+1) + j − (first + i) + W for every query row i and key j with |j − first − i| <= window (N pairs,
+    flat positions); entry [i, r] of `abs_of_rel` (rows, 2W+1) is the key first + i + r − window that
+    relative slot r points at (clipped), valid where `rel_valid` (that key exists).
     """
-    i = mx.arange(length)[:, None]
-    j = mx.arange(length)[None, :]
-    offset = j - i  # (T, T)
-    abs_valid = mx.abs(offset) <= window
-    rel_of_abs = mx.clip(offset + window, 0, 2 * window)
-    r = mx.arange(2 * window + 1)[None, :]
-    key = i + r - window  # (T, 2W+1)
-    rel_valid = (key >= 0) & (key < length)
-    abs_of_rel = mx.clip(key, 0, length - 1)
-    return rel_of_abs, abs_valid, abs_of_rel, rel_valid
+    i = np.arange(rows)[:, None]
+    r = np.arange(2 * window + 1)[None, :]
+    key = first + i + r - window  # (rows, 2W+1)
+    valid = (key >= 0) & (key < length)
+    row, slot = np.nonzero(valid)
+    abs_pos = row * length + key[row, slot]
+    rel_pos = row * (2 * window + 1) + slot
+    return (mx.array(abs_pos.astype(np.int32)), mx.array(rel_pos.astype(np.int32)),
+            mx.array(np.clip(key, 0, length - 1).astype(np.int32)), mx.array(valid))
+
+
+@mx.compile
+def _masked_softmax_cpu(scores: mx.array, pair: mx.array) -> mx.array:
+    return softmax_arith(mx.where(pair, scores, -1e4))
+
+
+def _masked_softmax(scores: mx.array, pair: mx.array) -> mx.array:
+    """Softmax over keys of scores (B, H, T, T) with pairs outside `pair` (B, 1, T, T) set to −1e4 first."""
+    if mx.default_device() == mx.cpu and scores.dtype == mx.float32:
+        return _masked_softmax_cpu(scores, pair)
+    return mx.softmax(mx.where(pair, scores, -1e4), axis=-1)
 
 
 class MultiHeadAttention(nn.Module):
@@ -74,31 +93,52 @@ class MultiHeadAttention(nn.Module):
         return x.reshape(b, t, self.n_heads, self.k_channels).transpose(0, 2, 1, 3)  # (B, H, T, d)
 
     def __call__(self, x: mx.array, key_mask: mx.array | None) -> mx.array:
-        """x: (B, T, C); key_mask: (B, T) bool (False = padding) or None -> (B, T, C_out)."""
+        """x: (B, T, C); key_mask: (B, T) bool (False = padding) or None -> (B, T, C_out).
+
+        On the CPU path the queries go in blocks of about QUERY_BLOCK_ELEMENTS scores, round-robin over
+        the CPU streams (parallel, and each block's (H, rows, T) scores stay small).
+        """
         b, t, c = x.shape
-        w = self.window_size
         q = self._heads(self.conv_q(x)) / math.sqrt(self.k_channels)  # (B, H, T, d), pre-scaled
-        k = self._heads(self.conv_k(x))
+        k = self._heads(self.conv_k(x)).transpose(0, 1, 3, 2)  # (B, H, d, T)
         v = self._heads(self.conv_v(x))
-        rel_of_abs, abs_valid, abs_of_rel, rel_valid = _band_indices(t, w)
-
-        scores = q @ k.transpose(0, 1, 3, 2)  # (B, H, T, T)
-        rel_logits = q @ self.emb_rel_k[0].T  # (B, H, T, 2W+1): query i against relative slot r
-        local = mx.take_along_axis(rel_logits, mx.broadcast_to(rel_of_abs, (b, self.n_heads, t, t)), axis=-1)
-        scores = scores + mx.where(abs_valid, local, 0.0)
-        if key_mask is not None:
-            pair = key_mask[:, None, :, None] & key_mask[:, None, None, :]  # (B, 1, T, T)
-            scores = mx.where(pair, scores, -1e4)
-        p_attn = mx.softmax(scores, axis=-1)  # (B, H, T, T)
-
-        out = p_attn @ v  # (B, H, T, d)
-        banded = mx.take_along_axis(
-            p_attn, mx.broadcast_to(abs_of_rel, (b, self.n_heads, t, 2 * w + 1)), axis=-1
-        )
-        banded = mx.where(rel_valid, banded, 0.0)  # (B, H, T, 2W+1): weight of relative slot r
-        out = out + banded @ self.emb_rel_v[0]
+        rows = t
+        if use_cpu_path():
+            rows = max(QUERY_BLOCK_MIN_ROWS, QUERY_BLOCK_ELEMENTS // (b * self.n_heads * t))
+        if rows >= t:
+            out = self._attend(q, k, v, 0, key_mask)
+        else:
+            streams = cpu_streams()
+            blocks = []
+            for n, first in enumerate(range(0, t, rows)):
+                with mx.stream(streams[n % len(streams)]):
+                    blocks.append(self._attend(q[:, :, first : first + rows], k, v, first, key_mask))
+            out = mx.concatenate(blocks, axis=2)
         out = out.transpose(0, 2, 1, 3).reshape(b, t, c)  # (B, T, C), channel = head·d + i
         return self.conv_o(out)
+
+    def _attend(
+        self, q: mx.array, k: mx.array, v: mx.array, first: int, key_mask: mx.array | None
+    ) -> mx.array:
+        """Queries [first, first + rows): q (B, H, rows, d), k (B, H, d, T), v (B, H, T, d) ->
+        (B, H, rows, d)."""
+        b, h, rows, _ = q.shape
+        t, w = k.shape[-1], self.window_size
+        abs_pos, rel_pos, abs_of_rel, rel_valid = _band_positions(t, w, first, rows)
+        scores = (q @ k).reshape(b, h, rows * t)  # (B, H, rows·T)
+        rel_logits = (q @ self.emb_rel_k[0].T).reshape(b, h, -1)  # (B, H, rows·(2W+1)): vs relative slots
+        band = mx.take(scores, abs_pos, axis=-1) + mx.take(rel_logits, rel_pos, axis=-1)  # (B, H, N)
+        index = mx.broadcast_to(abs_pos, band.shape)
+        scores = mx.put_along_axis(scores, index, band, axis=-1).reshape(b, h, rows, t)  # + local
+        if key_mask is not None:
+            pair = key_mask[:, None, first : first + rows, None] & key_mask[:, None, None, :]  # (B,1,rows,T)
+            p_attn = _masked_softmax(scores, pair)
+        else:
+            p_attn = softmax(scores)  # (B, H, rows, T)
+        out = p_attn @ v  # (B, H, rows, d)
+        banded = mx.take_along_axis(p_attn, mx.broadcast_to(abs_of_rel, (b, h, rows, 2 * w + 1)), axis=-1)
+        banded = mx.where(rel_valid, banded, 0.0)  # (B, H, rows, 2W+1): weight of relative slot r
+        return out + banded @ self.emb_rel_v[0]
 
 
 class FFN(nn.Module):
