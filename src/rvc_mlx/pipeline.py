@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from dataclasses import dataclass, field
 
 import mlx.core as mx  # the package's __init__ has already loaded a fast BLAS for MLX
@@ -131,7 +132,8 @@ class VoiceConverter:
             raise AudioError(path, e.problem) from None
 
     def convert_16k(self, audio: np.ndarray, options: ConversionOptions, progress: bool = False):
-        """Convert 16 kHz mono float audio. Returns (float32 audio, sample rate)."""
+        """Convert 16 kHz mono float audio. Returns (float32 audio, sample rate). ``progress``: a progress
+        bar over the chunks of a long input (on a terminal)."""
         audio = np.asarray(audio, dtype=np.float32)
         if audio.ndim != 1 or audio.size == 0:
             raise AudioError(None, "empty audio")
@@ -162,7 +164,12 @@ class VoiceConverter:
             f0 = f0[:p_len].astype(np.float32)
         pieces, start = [], 0
         bounds = [t // hop * hop for t in cuts]
-        for end in [*bounds, None]:
+        ends = [*bounds, None]
+        if progress and len(ends) > 1:
+            from tqdm import tqdm
+
+            ends = tqdm(ends, desc="converting", unit="chunk", disable=not sys.stderr.isatty())
+        for end in ends:
             stop = None if end is None else end + 2 * t_pad + hop
             lo, hi = start // hop, None if end is None else (end + 2 * t_pad) // hop
             chunk = padded[start:stop]
