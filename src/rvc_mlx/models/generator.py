@@ -176,7 +176,8 @@ class Generator(nn.Module):
     the averaged residual blocks; in the last stage also `conv_post` and tanh) runs in time chunks of
     `chunk_plan` size, each computed from the stage input around it (a halo as wide as the blocks' reach)
     with unpadded convolutions, and zeroed outside the signal where the reference zero-pads. Chunks keep
-    the working set in cache and go round-robin to one CPU stream per core, so they run in parallel.
+    the working set in cache; they are dealt to one lane per CPU stream (`conv.cpu_streams`) and the lanes
+    run in lockstep (`_lockstep`), so the cores work in parallel.
     """
 
     def __init__(
