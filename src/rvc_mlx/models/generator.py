@@ -265,20 +265,28 @@ class Generator(nn.Module):
             convs = zip(halos, self.noise_convs, strict=True)
             pad_src = max((h + 2) * c.stride + c.kernel_size for h, c in convs)
             source = mx.pad(source, [(0, 0), (pad_src, pad_src), (0, 0)])
-        x = _lrelu(x, LRELU_SLOPE)
+        pads = [  # zero steps around each stage's input, enough for its chunks' halos
+            -(-(up.kernel_size + up.output_padding + h) // up.stride) + 2
+            for up, h in zip(self.ups, halos, strict=True)
+        ]
+        x = mx.pad(_lrelu(x, LRELU_SLOPE), [(0, 0), (pads[0], pads[0]), (0, 0)])
         for i, up in enumerate(self.ups):
-            t_out = (x.shape[1] - 1) * up.stride - 2 * up.padding + up.kernel_size + up.output_padding
-            pad = -(-(up.kernel_size + up.output_padding + halos[i]) // up.stride) + 2  # input steps
-            x = mx.pad(x, [(0, 0), (pad, pad), (0, 0)])
+            t_in = x.shape[1] - 2 * pads[i]
+            t_out = (t_in - 1) * up.stride - 2 * up.padding + up.kernel_size + up.output_padding
             length = max(self.chunk_plan.min_length, self.chunk_plan.elements // up.out_channels)
+            n_lanes = min(len(streams), -(-t_out // length))
+            n_chunks = -(-t_out // (length * n_lanes)) * n_lanes  # equal work per lane
+            length = -(-t_out // n_chunks)
             starts = range(0, t_out, length)
-            n_lanes = min(len(streams), len(starts))
             lanes = [
-                self._lane(i, x, pad, source, pad_src, starts[k::n_lanes], length, t_out, halos[i])
+                self._lane(i, x, pads[i], source, pad_src, starts[k::n_lanes], length, t_out, halos[i])
                 for k in range(n_lanes)
             ]
             per_lane = _lockstep(lanes, streams[:n_lanes])
             chunks = [per_lane[n % n_lanes][n // n_lanes] for n in range(len(starts))]
+            if i + 1 < len(self.ups):  # the next stage's padded input, in one copy
+                zeros = mx.zeros((x.shape[0], pads[i + 1], up.out_channels), x.dtype)
+                chunks = [zeros, *chunks, zeros]
             x = mx.concatenate(chunks, axis=1) if len(chunks) > 1 else chunks[0]
         return x
 
