@@ -33,6 +33,8 @@ from collections.abc import Iterator
 import mlx.core as mx
 import mlx.nn as nn
 
+from rvc_mlx._blas import blas_threads
+
 IMPLS = ("auto", "gemm", "mlx")  # the selectable computation paths, see the module docstring
 _impl = "auto"  # the current process-wide choice
 
@@ -76,14 +78,16 @@ _streams: list[mx.Stream] = []  # CPU streams for independent work, made on firs
 
 
 def cpu_streams() -> list[mx.Stream]:
-    """One CPU stream per core this process may run on: MLX runs each stream's work on a thread of its own,
-    so independent pieces of work (e.g. time chunks) put on different streams run in parallel."""
+    """CPU streams for independent pieces of work (e.g. time chunks): MLX runs each stream's work on a thread
+    of its own, so pieces on different streams run in parallel. One per core this process may run on, divided
+    by the BLAS threads each matmul uses (`rvc_mlx._blas.blas_threads`): on 2 cores with one BLAS thread, 2
+    streams; with 2 BLAS threads, 1 (2 streams would put 4 threads on 2 cores: measured 2.2x slower)."""
     if not _streams:
         try:
             cores = len(os.sched_getaffinity(0))
         except AttributeError:  # not Linux
             cores = os.cpu_count() or 1
-        _streams.extend(mx.new_stream(mx.cpu) for _ in range(max(1, cores)))
+        _streams.extend(mx.new_stream(mx.cpu) for _ in range(max(1, cores // blas_threads())))
     return _streams
 
 
