@@ -24,7 +24,7 @@ from conftest import rel_err
 from rvc.lib.infer_pack import models as ref_models
 
 from rvc_mlx.checkpoints.voice import load_voice
-from rvc_mlx.models import text_encoder
+from rvc_mlx.models import flow, text_encoder
 from rvc_mlx.models.activations import tanh_arith
 from rvc_mlx.models.conv import conv_impl
 from rvc_mlx.models.generator import ChunkPlan
@@ -230,13 +230,14 @@ def test_parity_with_many_small_chunks(tmp_path, monkeypatch, resblock):
                  impl="gemm", chunk_plan=plan)
 
 
-def test_parity_with_attention_query_blocks(tmp_path, monkeypatch):
-    """The CPU path's attention in blocks of 7 query rows (band and key mask cut by the blocks), two items of
-    different lengths."""
+def test_parity_with_attention_blocks_and_flow_chunks(tmp_path, monkeypatch):
+    """The CPU path's attention in blocks of 7 query rows (band and key mask cut by the blocks) and the flow
+    in two time chunks (seams 24 frames inside each other's context), two items of different lengths."""
     with monkeypatch.context() as patch:
         patch.setattr(text_encoder, "QUERY_BLOCK_ELEMENTS", 1)
         patch.setattr(text_encoder, "QUERY_BLOCK_MIN_ROWS", 7)
-        check_parity(tmp_path, monkeypatch, "v2", 1, 40000, frames=40, batch=2, random_draws=True)
+        patch.setattr(flow, "MIN_CHUNK_FRAMES", 8)
+        check_parity(tmp_path, monkeypatch, "v2", 1, 40000, frames=60, batch=2, random_draws=True)
 
 
 def test_parity_real_v2_40k_size(tmp_path, monkeypatch):

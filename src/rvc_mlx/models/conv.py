@@ -15,8 +15,9 @@ On GPU back ends they call `mx.conv1d` / `mx.conv_transpose1d`. `set_conv_impl` 
 
 For models that cut long signals into time chunks on the CPU path (`use_cpu_path()`): `Conv1d.valid` (no
 padding), `Conv1d.region` and `ConvTranspose1d.region` (a range of outputs of the padded layer, read from a
-signal padded once) compute a piece without padding or copying the whole signal, and `cpu_streams()` gives
-one CPU stream per core to spread independent pieces over (MLX runs each stream on a thread of its own).
+signal padded once) compute a piece without padding or copying the whole signal, `cpu_streams()` gives
+one CPU stream per core to spread independent pieces over (MLX runs each stream on a thread of its own), and
+`run_lockstep` runs pieces written as step generators on those streams side by side.
 
 Weights are stored in MLX layout: `Conv1d.weight` (C_out, K, C_in / groups), `ConvTranspose1d.weight`
 (C_out, K, C_in). The GEMM layout each path needs is derived once per weight array and cached (it is rebuilt
@@ -28,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator, Sequence
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -74,6 +75,8 @@ def use_cpu_path() -> bool:
     return _use_gemm()
 
 
+Steps = Generator  # a step generator: yields arrays, takes back same-valued ones, returns a result
+
 _streams: list[mx.Stream] = []  # CPU streams for independent work, made on first use
 
 
@@ -89,6 +92,49 @@ def cpu_streams() -> list[mx.Stream]:
             cores = os.cpu_count() or 1
         _streams.extend(mx.new_stream(mx.cpu) for _ in range(max(1, cores // blas_threads())))
     return _streams
+
+
+def run_steps(steps: Steps) -> mx.array:
+    """Drive a step generator (see `run_lockstep`) to its end -> its result."""
+    try:
+        x = next(steps)
+        while True:
+            x = steps.send(x)
+    except StopIteration as done:
+        return done.value
+
+
+def run_lockstep(lanes: Sequence[Steps], streams: Sequence[mx.Stream]) -> list:
+    """Run step generators side by side, lane k on streams[k] -> their results.
+
+    A step generator yields the array its next step continues from and takes back an array of the same
+    values. Here that array gets a dependency on what the other lanes yielded at the previous step, which
+    only orders the graph: MLX evaluates depth-first from the outputs and keeps a bounded backlog of queued
+    work, so without it one lane's whole chain would be queued before the next lane's starts and the streams
+    would mostly take turns. Interleaved, each stream always has queued work (measured: 1.33x -> 1.95x on
+    two cores for chains of 11-tap convolutions).
+    """
+    results: list = [None] * len(lanes)
+    current: list = [None] * len(lanes)
+    for k, lane in enumerate(lanes):
+        with mx.stream(streams[k]):
+            try:
+                current[k] = next(lane)
+            except StopIteration as done:
+                results[k] = done.value
+    while any(c is not None for c in current):
+        previous = list(current)
+        for k, lane in enumerate(lanes):
+            if previous[k] is None:
+                continue
+            with mx.stream(streams[k]):
+                others = [p for j, p in enumerate(previous) if j != k and p is not None]
+                x = mx.depends(previous[k], others) if others else previous[k]
+                try:
+                    current[k] = lane.send(x)
+                except StopIteration as done:
+                    results[k], current[k] = done.value, None
+    return results
 
 
 class _Derived:

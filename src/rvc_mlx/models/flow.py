@@ -11,12 +11,13 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from rvc_mlx.models.activations import sigmoid, tanh_arith
-from rvc_mlx.models.conv import Conv1d
+from rvc_mlx.models.conv import Conv1d, Steps, cpu_streams, run_lockstep, run_steps, use_cpu_path
 
 FLOW_KERNEL_SIZE = 5  # WaveNet kernel of RVC's flow (fixed in the synthesizer constructors)
 FLOW_DILATION_RATE = 1  # WaveNet dilation growth of RVC's flow
 FLOW_LAYERS = 3  # WaveNet layers per coupling layer
 N_FLOWS = 4  # coupling layers (each followed by a channel flip)
+MIN_CHUNK_FRAMES = 128  # CPU path: shortest time chunk of the flow, frames (fewer: one piece)
 
 
 @mx.compile  # not shapeless: the arithmetic exp's bit view has no shapeless form
@@ -137,9 +138,33 @@ class ResidualCouplingBlock(nn.Module):
             )
             self.flows.append(Flip())
 
+    @property
+    def reach(self) -> int:
+        """Frames on each side that one output frame depends on (the WaveNets' conv paddings)."""
+        return sum(layer.padding for flow in self.flows[::2] for layer in flow.enc.in_layers)
+
     def reverse(self, z_p: mx.array, mask: mx.array, g: mx.array | None) -> mx.array:
-        """z_p: (B, T, C), mask: (B, T, 1), g: (B, 1, gin) or None -> z (B, T, C)."""
-        x = z_p
+        """z_p: (B, T, C), mask: (B, T, 1), g: (B, 1, gin) or None -> z (B, T, C).
+
+        On the CPU path, long inputs go in one time chunk per CPU stream, each with `reach` frames of context
+        on either side (the same convolutions see the same inputs there), the chunks in lockstep.
+        """
+        t = z_p.shape[1]
+        streams = cpu_streams() if use_cpu_path() else []
+        n = min(len(streams), t // MIN_CHUNK_FRAMES)
+        if n < 2:
+            return run_steps(self._steps(z_p, mask, g))
+        bounds = [k * t // n for k in range(n + 1)]
+        spans = [(max(0, bounds[k] - self.reach), min(t, bounds[k + 1] + self.reach)) for k in range(n)]
+        lanes = [self._steps(z_p[:, lo:hi], mask[:, lo:hi], g) for lo, hi in spans]
+        outs = run_lockstep(lanes, streams[:n])
+        pieces = [out[:, bounds[k] - spans[k][0] : bounds[k + 1] - spans[k][0]] for k, out in enumerate(outs)]
+        return mx.concatenate(pieces, axis=1)
+
+    def _steps(self, x: mx.array, mask: mx.array, g: mx.array | None) -> Steps:
+        """`reverse` in one piece as a step generator (see `conv.run_lockstep`): a step per coupling."""
         for flow in reversed(self.flows):
             x = flow.reverse(x, mask, g)
+            if isinstance(flow, ResidualCouplingLayer):
+                x = yield x
         return x

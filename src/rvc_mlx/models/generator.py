@@ -9,14 +9,21 @@ upstream state-dict names (`ups.0`, `resblocks.3.convs1.1`, `m_source.l_linear`,
 from __future__ import annotations
 
 import math
-from collections.abc import Generator as Steps
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import mlx.core as mx
 import mlx.nn as nn
 
-from rvc_mlx.models.conv import Conv1d, ConvTranspose1d, cpu_streams, use_cpu_path
+from rvc_mlx.models.conv import (
+    Conv1d,
+    ConvTranspose1d,
+    Steps,
+    cpu_streams,
+    run_lockstep,
+    run_steps,
+    use_cpu_path,
+)
 from rvc_mlx.models.nsf_source import SourceModuleHnNSF
 from rvc_mlx.models.text_encoder import LRELU_SLOPE
 
@@ -47,49 +54,6 @@ def _zero_outside(y: mx.array, start: int, total: int) -> mx.array:
     if lo == 0 and hi == n:
         return y
     return mx.pad(y[:, lo:hi], [(0, 0), (lo, n - hi), (0, 0)])
-
-
-def _run(steps: Steps) -> mx.array:
-    """Drive a step generator (see `_lockstep`) to its end -> its result."""
-    try:
-        x = next(steps)
-        while True:
-            x = steps.send(x)
-    except StopIteration as done:
-        return done.value
-
-
-def _lockstep(lanes: Sequence[Steps], streams: Sequence[mx.Stream]) -> list:
-    """Run step generators side by side, lane k on streams[k] -> their results.
-
-    A step generator yields the array its next step continues from and takes back an array of the same
-    values. Here that array gets a dependency on what the other lanes yielded at the previous step, which
-    only orders the graph: MLX evaluates depth-first from the outputs and keeps a bounded backlog of queued
-    work, so without it one lane's whole chain would be queued before the next lane's starts and the streams
-    would mostly take turns. Interleaved, each stream always has queued work (measured: 1.33x -> 1.95x on
-    two cores for chains of 11-tap convolutions).
-    """
-    results: list = [None] * len(lanes)
-    current: list = [None] * len(lanes)
-    for k, lane in enumerate(lanes):
-        with mx.stream(streams[k]):
-            try:
-                current[k] = next(lane)
-            except StopIteration as done:
-                results[k] = done.value
-    while any(c is not None for c in current):
-        previous = list(current)
-        for k, lane in enumerate(lanes):
-            if previous[k] is None:
-                continue
-            with mx.stream(streams[k]):
-                others = [p for j, p in enumerate(previous) if j != k and p is not None]
-                x = mx.depends(previous[k], others) if others else previous[k]
-                try:
-                    current[k] = lane.send(x)
-                except StopIteration as done:
-                    results[k], current[k] = done.value, None
-    return results
 
 
 class ResBlock1(nn.Module):
@@ -123,10 +87,10 @@ class ResBlock1(nn.Module):
         x: (B, L, C), samples [start, start + L) of an input that is zero outside [0, total) ->
         (B, L − 2·reach, C), the output on [start + reach, start + L − reach).
         """
-        return _run(self.steps(x, start, total))
+        return run_steps(self.steps(x, start, total))
 
     def steps(self, x: mx.array, start: int, total: int) -> Steps:
-        """`valid` as a step generator (see `_lockstep`): one step per convolution."""
+        """`valid` as a step generator (see `conv.run_lockstep`): one step per convolution."""
         for c1, c2 in zip(self.convs1, self.convs2, strict=True):
             shift = c1.padding + c2.padding
             xt = yield _zero_outside(c1.valid(_lrelu(x, LRELU_SLOPE)), start + c1.padding, total)
@@ -158,10 +122,10 @@ class ResBlock2(nn.Module):
 
     def valid(self, x: mx.array, start: int, total: int) -> mx.array:
         """As `ResBlock1.valid`: (B, L, C) piece at `start` -> (B, L − 2·reach, C)."""
-        return _run(self.steps(x, start, total))
+        return run_steps(self.steps(x, start, total))
 
     def steps(self, x: mx.array, start: int, total: int) -> Steps:
-        """`valid` as a step generator (see `_lockstep`): one step per convolution."""
+        """`valid` as a step generator (see `conv.run_lockstep`): one step per convolution."""
         for c in self.convs:
             xt = _zero_outside(c.valid(_lrelu(x, LRELU_SLOPE)), start + c.padding, total)
             x = yield xt + x[:, c.padding : c.padding + xt.shape[1]]
@@ -177,7 +141,7 @@ class Generator(nn.Module):
     `chunk_plan` size, each computed from the stage input around it (a halo as wide as the blocks' reach)
     with unpadded convolutions, and zeroed outside the signal where the reference zero-pads. Chunks keep
     the working set in cache; they are dealt to one lane per CPU stream (`conv.cpu_streams`) and the lanes
-    run in lockstep (`_lockstep`), so the cores work in parallel.
+    run in lockstep (`conv.run_lockstep`), so the cores work in parallel.
     """
 
     def __init__(
@@ -282,7 +246,7 @@ class Generator(nn.Module):
                 self._lane(i, x, pads[i], source, pad_src, starts[k::n_lanes], length, t_out, halos[i])
                 for k in range(n_lanes)
             ]
-            per_lane = _lockstep(lanes, streams[:n_lanes])
+            per_lane = run_lockstep(lanes, streams[:n_lanes])
             chunks = [per_lane[n % n_lanes][n // n_lanes] for n in range(len(starts))]
             if i + 1 < len(self.ups):  # the next stage's padded input, in one copy
                 zeros = mx.zeros((x.shape[0], pads[i + 1], up.out_channels), x.dtype)
@@ -312,8 +276,9 @@ class Generator(nn.Module):
         halo: int,
     ) -> Steps:
         """Stage i's output on [start, stop) of its `total` samples, from its input x (B, pad + T + pad, C)
-        (activated) and the padded source, as a step generator (see `_lockstep`) -> (B, stop − start, C)
-        activated for the next stage, or the waveform (B, stop − start, 1) in the last stage."""
+        (activated) and the padded source, as a step generator (see `conv.run_lockstep`) ->
+        (B, stop − start, C) activated for the next stage, or the waveform (B, stop − start, 1) in the last
+        stage."""
         lo, hi = start - halo, stop + halo
         u = self.ups[i].region(x, pad, lo, hi)  # (B, hi − lo, C)
         if source is not None:
