@@ -231,12 +231,13 @@ def test_parity_with_many_small_chunks(tmp_path, monkeypatch, resblock):
 
 
 def test_parity_with_attention_blocks_and_flow_chunks(tmp_path, monkeypatch):
-    """The CPU path's attention in blocks of 7 query rows (band and key mask cut by the blocks) and the flow
-    in two time chunks (seams 24 frames inside each other's context), two items of different lengths."""
+    """The CPU path's attention in blocks of 7 query rows (band and key mask cut by the blocks), the FFNs and
+    the flow in two time chunks (seams inside each other's context), two items of different lengths."""
     with monkeypatch.context() as patch:
         patch.setattr(text_encoder, "QUERY_BLOCK_ELEMENTS", 1)
         patch.setattr(text_encoder, "QUERY_BLOCK_MIN_ROWS", 7)
         patch.setattr(flow, "MIN_CHUNK_FRAMES", 8)
+        patch.setattr(text_encoder, "FFN_MIN_CHUNK_FRAMES", 8)
         check_parity(tmp_path, monkeypatch, "v2", 1, 40000, frames=60, batch=2, random_draws=True)
 
 

@@ -22,6 +22,7 @@ PITCH_BINS = 256  # coarse pitch vocabulary of `emb_pitch`
 LRELU_SLOPE = 0.1  # leaky ReLU slope of RVC's modules (HiFi-GAN, text encoder)
 QUERY_BLOCK_ELEMENTS = 1 << 20  # CPU path: attention scores per query block (B·H·rows·T)
 QUERY_BLOCK_MIN_ROWS = 64  # CPU path: fewest query rows per block
+FFN_MIN_CHUNK_FRAMES = 128  # CPU path: shortest time chunk of an FFN, frames (fewer: one piece)
 
 
 class LayerNorm(nn.Module):
@@ -157,7 +158,26 @@ class FFN(nn.Module):
         return mx.pad(x, [(0, 0), (left, right), (0, 0)])
 
     def __call__(self, x: mx.array, mask: mx.array) -> mx.array:
-        """x: (B, T, C_in), mask: (B, T, 1) float -> (B, T, C_out)."""
+        """x: (B, T, C_in), mask: (B, T, 1) float -> (B, T, C_out).
+
+        On the CPU path, long inputs go in one time chunk per CPU stream, each with the two convolutions'
+        context on either side.
+        """
+        t = x.shape[1]
+        streams = cpu_streams() if use_cpu_path() else []
+        n = min(len(streams), t // FFN_MIN_CHUNK_FRAMES)
+        if n < 2:
+            return self._ffn(x, mask)
+        reach = 2 * (self.kernel_size // 2)  # frames each side an output depends on
+        bounds = [k * t // n for k in range(n + 1)]
+        pieces = []
+        for k, stream in enumerate(streams[:n]):
+            lo, hi = max(0, bounds[k] - reach), min(t, bounds[k + 1] + reach)
+            with mx.stream(stream):
+                pieces.append(self._ffn(x[:, lo:hi], mask[:, lo:hi])[:, bounds[k] - lo : bounds[k + 1] - lo])
+        return mx.concatenate(pieces, axis=1)
+
+    def _ffn(self, x: mx.array, mask: mx.array) -> mx.array:
         x = nn.relu(self.conv_1(self._pad(x * mask)))
         x = self.conv_2(self._pad(x * mask))
         return x * mask
