@@ -9,7 +9,16 @@ import pytest
 import torch
 from conftest import rel_err
 
-from rvc_mlx.models.conv import Conv1d, ConvTranspose1d, conv_impl, get_conv_impl, set_conv_impl
+from rvc_mlx.models.conv import (
+    Conv1d,
+    ConvTranspose1d,
+    conv_impl,
+    cpu_streams,
+    get_conv_impl,
+    run_lockstep,
+    run_steps,
+    set_conv_impl,
+)
 
 TOL = 1e-5  # float32 GEMM vs direct convolution: different summation order only
 
@@ -149,3 +158,21 @@ def test_impl_selection():
     assert set(dict(layer.parameters())) == {"weight", "bias"}  # the cached layout is not a parameter
     layer(mx.zeros((1, 8, 3)))
     assert set(dict(layer.parameters())) == {"weight", "bias"}
+
+
+def test_lockstep_lanes_give_what_each_lane_gives_alone(rng):
+    """Step generators of different lengths, run side by side on the CPU streams and one by one."""
+    w = mx.array(rng.standard_normal((16, 16)).astype(np.float32) / 4)
+
+    def chain(x, steps):
+        for _ in range(steps):
+            x = yield mx.tanh(x @ w)
+        return x * 2.0
+
+    starts = [mx.array(rng.standard_normal((5, 16)).astype(np.float32)) for _ in range(3)]
+    alone = [np.array(run_steps(chain(x, n))) for x, n in zip(starts, (4, 1, 6), strict=True)]
+    streams = [cpu_streams()[k % len(cpu_streams())] for k in range(3)]
+    together = run_lockstep([chain(x, n) for x, n in zip(starts, (4, 1, 6), strict=True)], streams)
+    for a, b in zip(alone, together, strict=True):
+        np.testing.assert_array_equal(a, np.array(b))
+    assert run_lockstep([chain(starts[0], 0)], streams[:1])[0].shape == (5, 16)

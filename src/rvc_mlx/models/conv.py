@@ -16,8 +16,8 @@ On GPU back ends they call `mx.conv1d` / `mx.conv_transpose1d`. `set_conv_impl` 
 For models that cut long signals into time chunks on the CPU path (`use_cpu_path()`): `Conv1d.valid` (no
 padding), `Conv1d.region` and `ConvTranspose1d.region` (a range of outputs of the padded layer, read from a
 signal padded once) compute a piece without padding or copying the whole signal, `cpu_streams()` gives
-one CPU stream per core to spread independent pieces over (MLX runs each stream on a thread of its own), and
-`run_lockstep` runs pieces written as step generators on those streams side by side.
+CPU streams (one per core, per BLAS thread) to spread independent pieces over (MLX runs each stream on a
+thread of its own), and `run_lockstep` runs pieces written as step generators on those streams side by side.
 
 Weights are stored in MLX layout: `Conv1d.weight` (C_out, K, C_in / groups), `ConvTranspose1d.weight`
 (C_out, K, C_in). The GEMM layout each path needs is derived once per weight array and cached (it is rebuilt
