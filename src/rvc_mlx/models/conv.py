@@ -147,13 +147,13 @@ class _Derived:
         self.value = value
 
 
-def _cached(layer: nn.Module, build) -> mx.array:
-    cache = layer.__dict__.get("_derived")
+def _cached(layer: nn.Module, build, slot: str = "_derived"):
+    cache = layer.__dict__.get(slot)
     if cache is None or cache.source is not layer.weight:
         value = build(layer.weight)
         mx.eval(value)
         cache = _Derived(layer.weight, value)
-        object.__setattr__(layer, "_derived", cache)
+        object.__setattr__(layer, slot, cache)
     return cache.value
 
 
@@ -201,6 +201,15 @@ class Conv1d(nn.Module):
             return mx.contiguous(w.transpose(2, 0, 3, 1))  # (Q, G, s·C_in/G, C_out/G)
 
         return _cached(self, build)
+
+    def _tap_weights(self) -> list[mx.array]:
+        """Stride 1, no groups: each tap's (C_in, C_out) matrix, one array per tap (no slicing per call)."""
+
+        def build(w: mx.array) -> list[mx.array]:
+            taps = mx.contiguous(w.transpose(1, 2, 0))  # (K, C_in, C_out)
+            return [taps[j] for j in range(self.kernel_size)]
+
+        return _cached(self, build, "_derived_taps")
 
     def __call__(self, x: mx.array) -> mx.array:
         """x: (B, T, C_in) -> (B, T_out, C_out)."""
@@ -253,6 +262,15 @@ class Conv1d(nn.Module):
         span by samples only the zero weights appended to a strided kernel would read."""
         b, _, c_in = x.shape
         s, d, g = self.stride, self.dilation, self.groups
+        if s == 1 and g == 1:  # the common case in as few graph nodes as possible: slice + matmul per tap
+            taps = self._tap_weights()
+            if "bias" in self:
+                y = mx.addmm(self.bias, x[:, 0:t_out], taps[0])
+            else:
+                y = x[:, 0:t_out] @ taps[0]
+            for j in range(1, self.kernel_size):
+                y = mx.addmm(y, x[:, j * d : j * d + t_out], taps[j])
+            return y  # (B, T_out, C_out)
         w = self._gemm_weight()
         q = w.shape[0]
         n_frames = self._span(t_out) // s
