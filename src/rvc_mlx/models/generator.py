@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -45,6 +46,22 @@ class ChunkPlan:
 
 def _lrelu(x: mx.array, slope: float) -> mx.array:
     return mx.maximum(x, x * slope)
+
+
+@partial(mx.compile, shapeless=True)
+def _residual(y: mx.array, x: mx.array) -> tuple[mx.array, mx.array]:
+    """A residual block's sum y + x and its leaky ReLU (the next convolution's input), in one pass."""
+    total = y + x
+    return total, _lrelu(total, LRELU_SLOPE)
+
+
+@partial(mx.compile, shapeless=True)
+def _average(ys: list[mx.array]) -> mx.array:
+    """leaky_relu((y_0 + y_1 + ...) / n), the stage output as the next stage's input, in one pass."""
+    total = ys[0]
+    for y in ys[1:]:
+        total = total + y
+    return _lrelu(total / len(ys), LRELU_SLOPE)
 
 
 def _zero_outside(y: mx.array, start: int, total: int) -> mx.array:
@@ -90,12 +107,20 @@ class ResBlock1(nn.Module):
         return run_steps(self.steps(x, start, total))
 
     def steps(self, x: mx.array, start: int, total: int) -> Steps:
-        """`valid` as a step generator (see `conv.run_lockstep`): one step per convolution."""
-        for c1, c2 in zip(self.convs1, self.convs2, strict=True):
+        """`valid` as a step generator (see `conv.run_lockstep`): one step per convolution, each yielding the
+        next convolution's (activated) input."""
+        act = nn.leaky_relu(x, LRELU_SLOPE)
+        for n, (c1, c2) in enumerate(zip(self.convs1, self.convs2, strict=True)):
             shift = c1.padding + c2.padding
-            xt = yield _zero_outside(c1.valid(_lrelu(x, LRELU_SLOPE)), start + c1.padding, total)
-            xt = _zero_outside(c2.valid(_lrelu(xt, LRELU_SLOPE)), start + shift, total)
-            x = yield xt + x[:, shift : shift + xt.shape[1]]
+            xt = _zero_outside(c1.valid(act), start + c1.padding, total)
+            act = yield nn.leaky_relu(xt, LRELU_SLOPE)
+            xt = _zero_outside(c2.valid(act), start + shift, total)
+            x = x[:, shift : shift + xt.shape[1]]
+            if n + 1 < len(self.convs1):
+                x, act = _residual(xt, x)
+                act = yield act
+            else:
+                x = yield xt + x
             start += shift
         return x
 
@@ -125,10 +150,17 @@ class ResBlock2(nn.Module):
         return run_steps(self.steps(x, start, total))
 
     def steps(self, x: mx.array, start: int, total: int) -> Steps:
-        """`valid` as a step generator (see `conv.run_lockstep`): one step per convolution."""
-        for c in self.convs:
-            xt = _zero_outside(c.valid(_lrelu(x, LRELU_SLOPE)), start + c.padding, total)
-            x = yield xt + x[:, c.padding : c.padding + xt.shape[1]]
+        """`valid` as a step generator (see `conv.run_lockstep`): one step per convolution, each yielding the
+        next convolution's (activated) input."""
+        act = nn.leaky_relu(x, LRELU_SLOPE)
+        for n, c in enumerate(self.convs):
+            xt = _zero_outside(c.valid(act), start + c.padding, total)
+            x = x[:, c.padding : c.padding + xt.shape[1]]
+            if n + 1 < len(self.convs):
+                x, act = _residual(xt, x)
+                act = yield act
+            else:
+                x = yield xt + x
             start += c.padding
         return x
 
@@ -287,14 +319,15 @@ class Generator(nn.Module):
         last = i == len(self.ups) - 1
         post = self.conv_post.padding if last else 0
         reach = halo - post
-        xs = None
+        ys = []
         for block in self._stage_blocks(i):
             cut = reach - block.reach
             piece = u[:, cut : u.shape[1] - cut]
-            y = yield from block.steps(piece, lo + cut, total)  # (B, stop − start + 2·post, C)
-            xs = y if xs is None else xs + y
-        x = xs / self.num_kernels
+            ys.append((yield from block.steps(piece, lo + cut, total)))  # (B, stop − start + 2·post, C)
         if not last:
-            return _lrelu(x, LRELU_SLOPE)
-        x = _zero_outside(x, start - post, total)
+            return _average(ys)
+        x = ys[0]
+        for y in ys[1:]:
+            x = x + y
+        x = _zero_outside(x / self.num_kernels, start - post, total)
         return mx.tanh(self.conv_post.valid(_lrelu(x, FINAL_LRELU_SLOPE)))
