@@ -1,5 +1,7 @@
 """Conv1d / ConvTranspose1d: the BLAS (GEMM) path against mx.conv1d / mx.conv_transpose1d and torch."""
 
+import threading
+
 import rvc_mlx  # noqa: F401  (loads OpenBLAS before mlx.core)
 
 # isort: split
@@ -176,3 +178,23 @@ def test_lockstep_lanes_give_what_each_lane_gives_alone(rng):
     for a, b in zip(alone, together, strict=True):
         np.testing.assert_array_equal(a, np.array(b))
     assert run_lockstep([chain(starts[0], 0)], streams[:1])[0].shape == (5, 16)
+
+
+def test_cpu_streams_work_from_another_thread(rng):
+    """MLX streams belong to the thread that made them: a layer called from a second thread gets its own."""
+    layer = Conv1d(4, 4, 3, padding=1)
+    x = mx.array(rng.standard_normal((1, 9, 4)).astype(np.float32))
+    mx.eval(layer.parameters())  # evaluated here: a lazy array can only be evaluated by its own thread
+    here = cpu_streams()
+    results = {}
+
+    def work():
+        with mx.stream(cpu_streams()[-1]):
+            results["y"] = np.array(layer(x))
+        results["own"] = cpu_streams()[0] is not here[0]
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    worker.join()
+    assert results["own"]
+    np.testing.assert_allclose(results["y"], np.array(layer(x)), rtol=1e-6, atol=1e-6)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import threading
 from collections.abc import Generator, Iterator, Sequence
 
 import mlx.core as mx
@@ -77,21 +78,24 @@ def use_cpu_path() -> bool:
 
 Steps = Generator  # a step generator: yields arrays, takes back same-valued ones, returns a result
 
-_streams: list[mx.Stream] = []  # CPU streams for independent work, made on first use
+_local = threading.local()  # per thread (MLX streams belong to the thread that made them): CPU streams
 
 
 def cpu_streams() -> list[mx.Stream]:
     """CPU streams for independent pieces of work (e.g. time chunks): MLX runs each stream's work on a thread
     of its own, so pieces on different streams run in parallel. One per core this process may run on, divided
     by the BLAS threads each matmul uses (`rvc_mlx._blas.blas_threads`): on 2 cores with one BLAS thread, 2
-    streams; with 2 BLAS threads, 1 (2 streams would put 4 threads on 2 cores: measured 2.2x slower)."""
-    if not _streams:
+    streams; with 2 BLAS threads, 1 (2 streams would put 4 threads on 2 cores: measured 2.2x slower).
+    Made once per calling thread (MLX streams are per thread)."""
+    streams = getattr(_local, "streams", None)
+    if streams is None:
         try:
             cores = len(os.sched_getaffinity(0))
         except AttributeError:  # not Linux
             cores = os.cpu_count() or 1
-        _streams.extend(mx.new_stream(mx.cpu) for _ in range(max(1, cores // blas_threads())))
-    return _streams
+        streams = [mx.new_stream(mx.cpu) for _ in range(max(1, cores // blas_threads()))]
+        _local.streams = streams
+    return streams
 
 
 def run_steps(steps: Steps) -> mx.array:
