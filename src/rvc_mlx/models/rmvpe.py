@@ -14,7 +14,7 @@ Memory and long inputs, both exact (the same result as one pass, up to float rou
   bounded whatever the length;
 - the U-Net as a whole can run in chunks (``chunk_frames``) overlapping by its receptive field
   (`unet_margin_frames`, on the 32-frame pooling grid), which bounds the full-length tensors too. The GRU is
-  not local and always runs over the whole sequence (it is cheap).
+  not local and always runs over the whole sequence (`models/gru.py`).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import mlx.nn as nn
 import numpy as np
 
 from rvc_mlx import dsp
+from rvc_mlx.models.gru import BiGRU
 from rvc_mlx.pitch import PITCH_HOP_LENGTH as HOP_LENGTH  # (samples per frame, 100 frames/s)
 from rvc_mlx.pitch import PITCH_SAMPLE_RATE as SAMPLE_RATE  # (Hz the model works at)
 
@@ -246,58 +247,6 @@ class UNet(nn.Module):
             up = _slabbed(level.up, (x,), 1, None if slab_frames is None else slab_frames // 2, scale=2)
             x = _slabbed(level.merge, (up, skip), halo, slab_frames)
         return _slabbed(self.head, (x,), 1, slab_frames).reshape(b, t, f * 3)  # (B, T, F, 3) -> (B, T, 3F)
-
-
-GRU_UNROLL = 16  # GRU time steps per compiled call
-
-
-@mx.compile
-def _gru_steps(h: mx.array, xi: mx.array, w_hh: mx.array, b_hn: mx.array) -> mx.array:
-    """K steps of both directions at once: h (2, B, H), xi (K, 2, B, 3H) -> states (K, 2, B, H)."""
-    hid = h.shape[-1]
-    states = []
-    for k in range(xi.shape[0]):
-        gh = h @ w_hh  # (2, B, 3H)
-        r = mx.sigmoid(xi[k, ..., :hid] + gh[..., :hid])
-        z = mx.sigmoid(xi[k, ..., hid : 2 * hid] + gh[..., hid : 2 * hid])
-        n = mx.tanh(xi[k, ..., 2 * hid :] + r * (gh[..., 2 * hid :] + b_hn))
-        h = n + z * (h - n)
-        states.append(h)
-    return mx.stack(states)
-
-
-class BiGRU(nn.Module):
-    """One-layer bidirectional GRU (PyTorch gate order r, z, n): (B, T, D) -> (B, T, 2H).
-
-    ``w_ih`` (D, 6H) = [forward | backward] input weights, ``b_ih`` (6H,) with the hidden r/z biases added,
-    ``w_hh`` (2, H, 3H), ``b_hn`` (2, 1, H) (the hidden n bias stays inside the reset gate).
-    """
-
-    def __init__(self, d_in: int, hidden: int):
-        super().__init__()
-        self.w_ih = mx.zeros((d_in, 6 * hidden))
-        self.b_ih = mx.zeros((6 * hidden,))
-        self.w_hh = mx.zeros((2, hidden, 3 * hidden))
-        self.b_hn = mx.zeros((2, 1, hidden))
-
-    def __call__(self, x: mx.array) -> mx.array:
-        b, t, _ = x.shape
-        hid = self.w_hh.shape[1]
-        xi = (x @ self.w_ih + self.b_ih).reshape(b, t, 2, 3 * hid)  # (B, T, 2, 3H): all frames, one GEMM
-        xi = mx.stack([xi[:, :, 0], xi[:, ::-1, 1]], axis=0)  # (2, B, T, 3H), backward in reversed time
-        xi = xi.transpose(2, 0, 1, 3)  # (T, 2, B, 3H)
-        h = mx.zeros((2, b, hid), dtype=x.dtype)
-        outs = []
-        for start in range(0, t, GRU_UNROLL):
-            steps = _gru_steps(h, xi[start : start + GRU_UNROLL], self.w_hh, self.b_hn)  # (K, 2, B, H)
-            h = steps[-1]
-            outs.append(steps)
-            if len(outs) % 8 == 0:
-                mx.eval(h)  # keep the lazy graph short
-        out = mx.concatenate(outs, axis=0)  # (T, 2, B, H)
-        fwd = out[:, 0].transpose(1, 0, 2)  # (B, T, H)
-        bwd = out[::-1, 1].transpose(1, 0, 2)  # (B, T, H), back in time order
-        return mx.concatenate([fwd, bwd], axis=-1)  # (B, T, 2H)
 
 
 class Linear(nn.Module):
