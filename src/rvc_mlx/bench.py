@@ -37,6 +37,7 @@ import numpy as np
 
 from rvc_mlx.errors import RVCError
 
+PRECISIONS = ("float32", "float16", "bfloat16", "auto")  # --precision: rvc-mlx's dtype (auto: the pipeline's)
 STAGES = ("f0", "hubert", "retrieval", "synth", "rest")  # per-conversion stages; loading is timed apart
 STAGE_NAMES = {"f0": "f0", "hubert": "HuBERT", "retrieval": "retrieval", "synth": "synthesizer",
                "rest": "rest"}
@@ -64,6 +65,11 @@ class BenchOptions:
     index_rate: float = 0.75  # share of retrieved features (RVC's default)
     protect: float = 0.33  # RVC's default
     rms_mix_rate: float = 0.25  # RVC's default
+    precision: str = "float32"  # rvc-mlx's compute dtype (VoiceConverter.load) or "auto"; the reference: fp32
+    warmup: bool = False  # also time, in another process, rvc_mlx.warmup.warm_up and the first call after it
+    warmup_seconds: tuple[float, ...] | None = None  # warm-up lengths (s); None: warmup.default_seconds
+    kernel_cache: str = "shared"  # "fresh": each rvc-mlx process gets an empty MLX_PTX_CACHE_DIR (CUDA's JIT
+    # kernels compiled anew, as on a fresh machine); "shared": MLX's default on-disk cache
 
 
 def run_bench(seconds: list[float], **options) -> int:
@@ -95,96 +101,184 @@ def reference_problem() -> str | None:
 # -- the rvc-mlx worker ------------------------------------------------------------------------------------
 
 
+def _mb(n_bytes: float) -> float:
+    return n_bytes / 2**20
+
+
+class MemoryProbe:
+    """Peak memory between ``start()`` and ``stop()``: MLX's allocations (``mx.get_peak_memory``, after
+    ``mx.reset_peak_memory``; on the CPU too) and the process's resident set (Linux: VmHWM after writing
+    5 to /proc/self/clear_refs; elsewhere the process's peak so far). MiB."""
+
+    def __init__(self):
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            self.resettable_rss = True
+        except OSError:
+            self.resettable_rss = False
+
+    def start(self) -> None:
+        import mlx.core as mx
+
+        mx.reset_peak_memory()  # to 0, not to the active memory: a stage that allocates nothing reads 0
+        self.active_at_start = mx.get_active_memory()
+        if self.resettable_rss:
+            Path("/proc/self/clear_refs").write_text("5")
+
+    def stop(self) -> tuple[float, float]:
+        """-> (MLX peak MiB, host peak RSS MiB) since ``start``."""
+        import mlx.core as mx
+
+        rss = _rss_mb()
+        if self.resettable_rss:
+            status = Path("/proc/self/status").read_text().splitlines()
+            rss = next(float(v.split()[1]) / 1024 for v in status if v.startswith("VmHWM:"))
+        return _mb(max(mx.get_peak_memory(), self.active_at_start)), rss
+
+
 class StageTimer:
     """Wraps the methods a ``VoiceConverter`` calls for each stage (on the converter's own objects) so each
-    stage's time accumulates in ``seconds``; MLX results are evaluated before a stage's clock stops."""
+    stage's time accumulates in ``seconds`` and its peak memory (MLX and host RSS, MiB) in ``mlx_mb`` and
+    ``rss_mb``; MLX results are evaluated before a stage's clock stops. Between ``begin()`` and ``end()``
+    the time and memory outside the wrapped stages go to "rest"."""
 
     def __init__(self, converter):
-        self.seconds = dict.fromkeys(STAGES[:-1], 0.0)
+        self.probe = MemoryProbe()
+        self.begin()
         targets = [(converter, "_f0", "f0"), (converter.hubert, "content_features", "hubert"),
                    (converter.index, "blend", "retrieval"), (converter.synthesizer, "infer", "synth")]
         for obj, name, stage in targets:
             if obj is not None:  # object.__setattr__: an instance attribute, past mlx.nn.Module's own setattr
                 object.__setattr__(obj, name, self._timed(getattr(obj, name), stage))
 
+    def _fold(self, stage: str) -> None:
+        mlx_mb, rss_mb = self.probe.stop()
+        self.mlx_mb[stage] = max(self.mlx_mb[stage], mlx_mb)
+        self.rss_mb[stage] = max(self.rss_mb[stage], rss_mb)
+
     def _timed(self, fn, stage: str):
         import mlx.core as mx
 
         def timed(*args, **kwargs):
+            self._fold("rest")  # what ran since the last stage
+            self.probe.start()
             t0 = time.perf_counter()
             out = fn(*args, **kwargs)
             if isinstance(out, mx.array):
                 mx.eval(out)
             self.seconds[stage] += time.perf_counter() - t0
+            self._fold(stage)
+            self.probe.start()
             return out
 
         return timed
 
-    def reset(self) -> None:
-        self.seconds = dict.fromkeys(self.seconds, 0.0)
+    def begin(self) -> None:
+        self.seconds = dict.fromkeys(STAGES[:-1], 0.0)
+        self.mlx_mb, self.rss_mb = dict.fromkeys(STAGES, 0.0), dict.fromkeys(STAGES, 0.0)
+        self.probe.start()
+
+    def end(self) -> dict:
+        """-> {"mlx": {stage: MiB, "total": MiB}, "rss": {...}}: the peaks since ``begin()``."""
+        self._fold("rest")
+        return {"mlx": {**self.mlx_mb, "total": max(self.mlx_mb.values())},
+                "rss": {**self.rss_mb, "total": max(self.rss_mb.values())}}
+
+
+def _load_converter(job: dict, root: Path, manifest: dict):
+    """The models of ``manifest`` through ``VoiceConverter.load`` at ``job["precision"]``, evaluated."""
+    import inspect
+
+    import mlx.core as mx
+
+    from rvc_mlx.checkpoints.rmvpe import load_rmvpe
+    from rvc_mlx.pipeline import VoiceConverter
+
+    extra = {}
+    if "precision" in inspect.signature(VoiceConverter.load).parameters:
+        extra["precision"] = job["precision"]  # always explicit: the pipeline's own default may differ
+    elif job["precision"] != "float32":
+        raise RVCError(f"--precision {job['precision']}: this rvc-mlx's VoiceConverter.load has no "
+                       "precision= option yet; only float32 can be timed")
+    rmvpe = load_rmvpe(root / manifest["rmvpe"]) if manifest["rmvpe"] else None
+    converter = VoiceConverter.load(
+        root / manifest["voice"], hubert=root / manifest["hubert"], rmvpe=rmvpe,
+        index=root / manifest["index"] if manifest["index"] else None, index_mode=job["index_mode"],
+        rmvpe_padding="constant", **extra)  # rvc 0.3.5's RMVPE pads its mel with zeros
+    mx.eval([m.parameters() for m in (converter.synthesizer, converter.hubert, rmvpe) if m is not None])
+    return converter
 
 
 def _ours_worker(job: dict) -> dict:
     import mlx.core as mx
 
     from rvc_mlx import __version__, _blas
-    from rvc_mlx.checkpoints.hubert import load_hubert
-    from rvc_mlx.checkpoints.rmvpe import load_rmvpe
-    from rvc_mlx.checkpoints.voice import load_voice
-    from rvc_mlx.index import FeatureIndex
-    from rvc_mlx.pipeline import ConversionOptions, VoiceConverter
+    from rvc_mlx.pipeline import ConversionOptions
+    from rvc_mlx.warmup import warm_up
 
     gpu = job["device"] == "gpu"
     mx.set_default_device(mx.gpu if gpu else mx.cpu)
     root = Path(job["models_dir"])
     manifest = json.loads((root / "manifest.json").read_text())
+    probe = MemoryProbe()
 
     def load():
+        probe.start()
         t0 = time.perf_counter()
-        voice = load_voice(root / manifest["voice"])
-        hubert = load_hubert(root / manifest["hubert"])
-        rmvpe = load_rmvpe(root / manifest["rmvpe"]) if manifest["rmvpe"] else None
-        index = FeatureIndex.load(root / manifest["index"]) if manifest["index"] else None
-        mx.eval(voice.parameters(), hubert.parameters(), *([rmvpe.parameters()] if rmvpe else []))
-        return (voice, hubert, rmvpe, index), time.perf_counter() - t0
+        converter = _load_converter(job, root, manifest)
+        seconds = time.perf_counter() - t0
+        return converter, seconds, dict(zip(("mlx", "rss"), probe.stop(), strict=True))
 
-    (voice, hubert, rmvpe, index), load_cold = load()
-    rss_after_load = _rss_mb()
-    converter = VoiceConverter(voice, hubert, index=index, index_mode=job["index_mode"], rmvpe=rmvpe,
-                               rmvpe_padding="constant")  # rvc 0.3.5's RMVPE pads its mel with zeros
+    converter, load_cold, load_memory = load()
+    rss_after_load, active_after_load = _rss_mb(), _mb(mx.get_active_memory())
     timer = StageTimer(converter)
-    options = ConversionOptions(f0_method=manifest["f0_method"], index_rate=job["index_rate"],
-                                protect=job["protect"], rms_mix_rate=job["rms_mix_rate"], deterministic=True)
+    settings = {"f0_method": manifest["f0_method"], "index_rate": job["index_rate"],
+                "protect": job["protect"], "rms_mix_rate": job["rms_mix_rate"], "deterministic": True}
     audio = np.load(job["input"]).astype(np.float32)
 
     def convert():
-        timer.reset()
+        timer.begin()
         t0 = time.perf_counter()
-        out, _ = converter.convert_16k(audio, options)
+        out, _ = converter.convert_16k(audio, ConversionOptions(**settings))
         total = time.perf_counter() - t0
+        memory = timer.end()
         stages = dict(timer.seconds)
-        return out, {"total": total, **stages, "rest": total - sum(stages.values())}
+        return out, {"total": total, **stages, "rest": total - sum(stages.values())}, memory
 
-    out, cold = convert()
-    warm_runs = [convert()[1] for _ in range(job["repeats"])]
+    warmup = None
+    if job.get("warmup"):  # a warm-up, then the first real call (no warm calls: another process has them)
+        w = warm_up(converter, job["warmup_seconds"], **settings)
+        warmup = {"seconds": w.elapsed_seconds, "runs": [list(r) for r in w.runs]}
+    out, cold, cold_memory = convert()
+    warm_runs = [convert()[1:] for _ in range(job["repeats"])]
+    best = min(range(len(warm_runs)), key=lambda i: warm_runs[i][0]["total"]) if warm_runs else None
     info = mx.device_info() if hasattr(mx, "device_info") else {}
+    memory = {"load": load_memory, "cold": cold_memory, "warm": warm_runs[best][1] if warm_runs else None,
+              "mlx_active_after_load_mb": active_after_load, "mlx_cache_mb": _mb(mx.get_cache_memory())}
+    mlx_peak = max([load_memory["mlx"], cold_memory["mlx"]["total"],
+                    *(m["mlx"]["total"] for _, m in warm_runs)])
     result = {
         "impl": "rvc-mlx",
         "device": f"{'gpu' if gpu else 'cpu'} ({info.get('device_name', '?')})",
         "threads": _blas.blas_threads() if _blas.loaded_from else None,  # OpenBLAS's; MLX's own CPU ops: 1
         "versions": {"rvc-mlx": __version__, "mlx": mx.__version__,
                      "BLAS": os.path.basename(_blas.loaded_from or "MLX's own")},
+        "precision": getattr(converter, "precision", "float32"),  # as resolved ("auto" -> a dtype)
         "cold": cold,
-        "warm": min(warm_runs, key=lambda r: r["total"]) if warm_runs else None,
-        "warm_totals": [r["total"] for r in warm_runs],
+        "warm": warm_runs[best][0] if warm_runs else None,
+        "warm_totals": [r["total"] for r, _ in warm_runs],
         "rss_after_load_mb": rss_after_load,
         "peak_rss_mb": _rss_mb(),
-        "gpu_peak_mb": mx.get_peak_memory() / 2**20 if gpu else None,
+        "mlx_peak_mb": mlx_peak,
+        "gpu_peak_mb": mlx_peak if gpu else None,
+        "memory": memory,
+        "warmup": warmup,
     }
     np.save(job["output"], np.asarray(out, dtype=np.float32))
-    converter = timer = voice = hubert = rmvpe = index = None  # freed before the second load
-    gc.collect()
-    result["load"] = {"cold": load_cold, "warm": load()[1]}  # a second load: files cached, code warm
+    if not job.get("warmup"):
+        converter = timer = None  # freed before the second load
+        gc.collect()
+        result["load"] = {"cold": load_cold, "warm": load()[1]}  # a second load: files cached, code warm
     return result
 
 
@@ -274,7 +368,8 @@ def _markdown(info: dict, runs: list[dict]) -> str:
         versions = ", ".join(f"{k} {v}" for k, v in r["versions"].items())
         kind = "BLAS threads" if name == "rvc-mlx" else "threads"
         threads = f"{r['threads']} {kind}" if r["threads"] else f"default {kind}"
-        lines.append(f"- {name}: {versions}; device {r['device']}, {threads}")
+        precision = f", precision {r['precision']}" if r.get("precision") else ""
+        lines.append(f"- {name}: {versions}; device {r['device']}, {threads}{precision}")
     if "torch" in impls:
         lines.append("- reference: rvc 0.3.5 `Pipeline.pipeline` in fp32, in its own process (HuBERT through "
                      "transformers' HubertModel on the fairseq weights)")
@@ -309,11 +404,57 @@ def _markdown(info: dict, runs: list[dict]) -> str:
             ratios = " | ".join(_f(ours[s] / ref[s]) + "x" if ref[s] > 1e-3 else "–"
                                 for s in (*STAGES, "total"))
             lines.append(f"| {e['seconds']:g} s | rvc-mlx ÷ torch | warm | {ratios} |")
+    lines += _memory_markdown(runs) + _first_call_markdown(runs)
     agreement = [f"{e['seconds']:g} s: {e['output_rel_err']:.1e}" for e in runs if e.get("output_rel_err")]
     if agreement:
         lines += ["", "Same models, same input, same output: max|rvc-mlx − torch| / max|torch| = "
                   + ", ".join(agreement) + " (the reference's output is 16-bit)."]
     return "\n".join(lines) + "\n"
+
+
+def _memory_markdown(runs: list[dict]) -> list[str]:
+    """Per-stage peak memory of rvc-mlx: MLX's allocator and the host RSS, MiB."""
+    rows = [(e, r) for e in runs for r in e["results"] if r["impl"] == "rvc-mlx" and r.get("memory")]
+    if not rows:
+        return []
+    lines = ["", "## rvc-mlx memory per stage (peak MiB)", "",
+             "MLX: `mx.get_peak_memory()` after `mx.reset_peak_memory()` at each stage's start (the weights "
+             "and every live array count); RSS: the process's peak resident set over the stage (Linux: "
+             "VmHWM reset through /proc/self/clear_refs). Load: the models loaded and evaluated.", "",
+             "| audio | call | memory | load | " + " | ".join(STAGE_NAMES[s] for s in STAGES)
+             + " | call peak | MLX active after load | MLX cache at end |",
+             "|---:|---|---|---:|" + "---:|" * (len(STAGES) + 3)]
+    for e, r in rows:
+        m = r["memory"]
+        for call in ("cold", "warm"):
+            for kind in ("mlx", "rss") if m.get(call) else ():
+                cells = [f"{e['seconds']:g} s", call, "MLX" if kind == "mlx" else "RSS",
+                         f"{m['load'][kind]:.0f}", *(f"{m[call][kind][s]:.0f}" for s in STAGES),
+                         f"{m[call][kind]['total']:.0f}", f"{m['mlx_active_after_load_mb']:.0f}",
+                         f"{m['mlx_cache_mb']:.0f}"]
+                lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _first_call_markdown(runs: list[dict]) -> list[str]:
+    """Cold (no warm-up), warm-up, first call after it, warm; each in seconds."""
+    rows = [(e, r) for e in runs for r in e["results"] if r.get("warmup")]
+    if not rows:
+        return []
+    lines = ["", "## First call (rvc-mlx)", "",
+             "Cold: the first conversion of a process that did not warm up; warm-up: "
+             "`rvc_mlx.warmup.warm_up` (synthetic audio of the lengths shown) in a second process, then "
+             "that process's first call. "
+             "Target: first call after warm-up at most 2x warm.", "",
+             "| audio | precision | cold s | warm-up s (lengths) | first call after warm-up s | warm s "
+             "| first after warm-up ÷ warm |", "|---:|---|---:|---|---:|---:|---:|"]
+    for e, r in rows:
+        w = r["warmup"]
+        lengths = ", ".join(f"{length:g} s" for length, _ in w["runs"])
+        first, warm = w["first_call"]["total"], r["warm"]["total"]
+        lines.append(f"| {e['seconds']:g} s | {r.get('precision', 'float32')} | {_f(r['cold']['total'])} | "
+                     f"{_f(w['seconds'])} ({lengths}) | {_f(first)} | {_f(warm)} | {_f(first / warm)}x |")
+    return lines
 
 
 def _chart(path: Path, info: dict, runs: list[dict]) -> bool:
@@ -378,21 +519,25 @@ class WorkerFailed(RuntimeError):
     pass
 
 
-def _child(args: list[str], what: str) -> None:
-    run = subprocess.run([sys.executable, *args], capture_output=True, text=True)
+def _child(args: list[str], what: str, env: dict | None = None) -> None:
+    run = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env)
     if run.returncode != 0:
         raise WorkerFailed(f"{what} failed (exit {run.returncode}):\n{(run.stdout + run.stderr)[-4000:]}")
 
 
-def _worker(kind: str, job: dict, work: Path) -> dict:
+def _worker(kind: str, job: dict, work: Path, fresh_kernel_cache: bool = False) -> dict:
+    """Run one side (kind "ours", "ours-warmup" or "reference") in a process of its own -> its result."""
     job_path = work / f"job-{kind}-{job['seconds']:g}.json"
     job = {**job, "output": str(work / f"out-{kind}-{job['seconds']:g}.npy"),
-           "result": str(work / f"result-{kind}-{job['seconds']:g}.json")}
+           "result": str(work / f"result-{kind}-{job['seconds']:g}.json"), "warmup": kind == "ours-warmup"}
     job_path.write_text(json.dumps(job))
     load_before = os.getloadavg()[0]
-    script = ["-m", "rvc_mlx.bench", "worker", str(job_path)] if kind == "ours" else \
+    script = ["-m", "rvc_mlx.bench", "worker", str(job_path)] if kind != "reference" else \
         [str(BENCH_DIR / "reference_worker.py"), str(job_path)]
-    _child(script, f"the {'rvc-mlx' if kind == 'ours' else 'reference'} worker at {job['seconds']:g} s")
+    env = None
+    if fresh_kernel_cache and kind != "reference":
+        env = {**os.environ, "MLX_PTX_CACHE_DIR": tempfile.mkdtemp(prefix="ptx-", dir=work)}
+    _child(script, f"the {kind} worker at {job['seconds']:g} s", env)
     result = json.loads(Path(job["result"]).read_text())
     result["loadavg"] = [load_before, os.getloadavg()[0]]
     result["output"] = job["output"]
@@ -413,6 +558,9 @@ def _run(options: BenchOptions) -> int:
     if options.device not in ("cpu", "gpu") or options.repeats < 1 or options.profile not in ("full", "tiny"):
         raise RVCError(f"bench: device must be cpu or gpu ({options.device!r}), repeats at least 1 "
                        f"({options.repeats}), profile full or tiny ({options.profile!r})")
+    if options.precision not in PRECISIONS or options.kernel_cache not in ("shared", "fresh"):
+        raise RVCError(f"bench: precision must be one of {', '.join(PRECISIONS)} ({options.precision!r}), "
+                       f"kernel_cache shared or fresh ({options.kernel_cache!r})")
     machine = options.machine or f"{platform.system().lower()}-{platform.machine()}-{_cores()}core"
     if options.out_dir:
         out_dir = Path(options.out_dir)
@@ -438,16 +586,25 @@ def _run(options: BenchOptions) -> int:
                    "device": options.device, "reference_device": options.reference_device,
                    "repeats": options.repeats, "index_mode": options.index_mode,
                    "index_rate": options.index_rate, "protect": options.protect,
-                   "rms_mix_rate": options.rms_mix_rate}
+                   "rms_mix_rate": options.rms_mix_rate, "precision": options.precision,
+                   "warmup_seconds": options.warmup_seconds}
             entry = {"seconds": seconds, "results": []}
-            for kind in ("ours", "reference") if problem is None else ("ours",):
-                who = "rvc-mlx" if kind == "ours" else "the reference"
-                print(f"{seconds:g} s: timing {who} ...", flush=True)
+            kinds = ["ours", *(["ours-warmup"] if options.warmup else []),
+                     *(["reference"] if problem is None else [])]
+            for kind in kinds:
+                print(f"{seconds:g} s: timing {kind} ...", flush=True)
                 try:
-                    entry["results"].append(_worker(kind, job, work))
+                    result = _worker(kind, {**job, "repeats": 0} if kind == "ours-warmup" else job, work,
+                                     options.kernel_cache == "fresh")
                 except WorkerFailed as e:
                     print(e, file=sys.stderr, flush=True)
                     status = 1
+                    continue
+                if kind != "ours-warmup":
+                    entry["results"].append(result)
+                elif entry["results"] and entry["results"][0]["impl"] == "rvc-mlx":
+                    entry["results"][0]["warmup"] = {**result["warmup"], "first_call": result["cold"],
+                                                     "first_call_memory": result["memory"]["cold"]}
             outputs = [np.load(r.pop("output")) for r in entry["results"]]
             if len(outputs) == 2:
                 ours, ref = outputs
@@ -484,10 +641,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="results folder (default: benchmarks/results/<machine>)")
     p.add_argument("--models-dir", help="keep (and reuse) the model files here")
     p.add_argument("--profile", choices=["full", "tiny"], default="full")
+    p.add_argument("--precision", choices=PRECISIONS, default="float32", help="rvc-mlx's compute precision")
+    p.add_argument("--warmup", action="store_true",
+                   help="also time rvc_mlx.warmup.warm_up and the first call after it (another process)")
+    p.add_argument("--warmup-seconds", type=float, nargs="+", help="warm-up lengths (default: 3 s, 46 s)")
+    p.add_argument("--kernel-cache", choices=["shared", "fresh"], default="shared",
+                   help="fresh: an empty MLX kernel cache per rvc-mlx process (a fresh machine's first call)")
     a = p.parse_args(argv)
     return run_bench(a.seconds, device=a.device, repeats=a.repeats, reference=not a.no_reference,
                      reference_device=a.reference_device, machine=a.machine, out_dir=a.out,
-                     models_dir=a.models_dir, profile=a.profile)
+                     models_dir=a.models_dir, profile=a.profile, precision=a.precision, warmup=a.warmup,
+                     warmup_seconds=tuple(a.warmup_seconds) if a.warmup_seconds else None,
+                     kernel_cache=a.kernel_cache)
 
 
 if __name__ == "__main__":
