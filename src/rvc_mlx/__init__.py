@@ -8,6 +8,12 @@ from rvc_mlx import _blas
 # not to; that costs ~1e-3 relative error against the reference. Exact float32 is the default here; set
 # MLX_ENABLE_TF32=1 before importing rvc_mlx to trade that precision for speed.
 os.environ.setdefault("MLX_ENABLE_TF32", "0")
+# MLX's CUDA back end keeps LRU caches of cuDNN convolution plans, FFT plans and CUDA graphs, and by default
+# aborts the process once a cache has missed twice its capacity over the process's lifetime (the conv cache:
+# 256 misses, i.e. a handful of distinct input lengths; measured on an H100). Converting many recordings of
+# different lengths is this package's normal use, so the caches stay plain LRU caches unless the user says
+# otherwise.
+os.environ.setdefault("MLX_ENABLE_CACHE_THRASHING_CHECK", "0")
 _blas.ensure_fast_blas()  # must precede the first `import mlx.core`
 
 __version__ = "0.1.0"

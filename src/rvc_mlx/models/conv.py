@@ -13,11 +13,13 @@ MLX's CPU back end runs a plain convolution as im2col + GEMM, but a dilated `con
 On GPU back ends they call `mx.conv1d` / `mx.conv_transpose1d`. `set_conv_impl` / `conv_impl` pick the path
 ("auto": GEMM on the CPU device, MLX elsewhere; "gemm"; "mlx"), so tests can run both on one machine.
 
-For models that cut long signals into time chunks on the CPU path (`use_cpu_path()`): `Conv1d.valid` (no
-padding), `Conv1d.region` and `ConvTranspose1d.region` (a range of outputs of the padded layer, read from a
-signal padded once) compute a piece without padding or copying the whole signal, `cpu_streams()` gives
-CPU streams (one per core, per BLAS thread) to spread independent pieces over (MLX runs each stream on a
-thread of its own), and `run_lockstep` runs pieces written as step generators on those streams side by side.
+For models that cut long signals into time chunks (on the CPU path for speed, on others for memory):
+`Conv1d.valid` (no padding), `Conv1d.region` and `ConvTranspose1d.region` (a range of outputs of the padded
+layer, read from a signal padded once) compute a piece without padding or copying the whole signal (with
+GEMM taps on the CPU path, `mx.conv1d` elsewhere; `ConvTranspose1d.region` always as a GEMM),
+`cpu_streams()` gives CPU streams (one per core, per BLAS thread) to spread independent pieces over (MLX runs
+each stream on a thread of its own), and `run_lockstep` runs pieces written as step generators on those
+streams side by side.
 
 Weights are stored in MLX layout: `Conv1d.weight` (C_out, K, C_in / groups), `ConvTranspose1d.weight`
 (C_out, K, C_in). The GEMM layout each path needs is derived once per weight array and cached (it is rebuilt
@@ -247,7 +249,7 @@ class Conv1d(nn.Module):
         t_out = (x.shape[1] - self.dilation * (self.kernel_size - 1) - 1) // self.stride + 1
         if t_out <= 0:
             raise ValueError(f"input of {x.shape[1]} samples is shorter than the kernel span")
-        return self._taps(x, t_out)
+        return self._taps(x, t_out) if _use_gemm() else self._unpadded(x, t_out)
 
     def region(self, x: mx.array, pad: int, start: int, stop: int) -> mx.array:
         """Outputs [start, stop) of the padded convolution of a signal given with `pad` zeros on each side.
@@ -259,7 +261,13 @@ class Conv1d(nn.Module):
         last = lo + (stop - start - 1) * self.stride + self.dilation * (self.kernel_size - 1)  # last read
         if lo < 0 or last >= x.shape[1]:
             raise ValueError(f"region [{start}, {stop}) needs more than {pad} samples of padding")
-        return self._taps(x[:, lo : lo + self._span(stop - start)], stop - start)
+        piece = x[:, lo : lo + self._span(stop - start)]
+        return self._taps(piece, stop - start) if _use_gemm() else self._unpadded(piece, stop - start)
+
+    def _unpadded(self, x: mx.array, t_out: int) -> mx.array:
+        """`_taps` on `mx.conv1d` (other back ends): the first t_out outputs of the unpadded convolution."""
+        y = mx.conv1d(x, self.weight, self.stride, 0, self.dilation, self.groups)[:, :t_out]
+        return y + self.bias if "bias" in self else y
 
     def _taps(self, x: mx.array, t_out: int) -> mx.array:
         """x: (B, T, C_in), the samples the taps read, padded -> (B, t_out, C_out). T may stop short of the

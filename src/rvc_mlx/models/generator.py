@@ -38,10 +38,16 @@ def get_padding(kernel_size: int, dilation: int = 1) -> int:
 
 @dataclass(frozen=True)
 class ChunkPlan:
-    """How the CPU path cuts each upsampling stage of the decoder into time chunks (see `Generator`)."""
+    """How each upsampling stage of the decoder is cut into time chunks (see `Generator`)."""
 
     elements: int = 1 << 18  # samples × channels of a chunk (its length in samples is this ÷ channels)
     min_length: int = 512  # shortest chunk, samples (each chunk also recomputes a halo of ~60 each side)
+
+
+# GPU back ends: a signal larger than one chunk (stage samples × channels) is decoded in chunks evaluated one
+# after the other, which bounds the memory the decoder needs (measured on an H100 at 60 s of 48 kHz audio:
+# 34 GiB of peak memory in one pass); shorter signals take one pass (fewer kernel launches).
+GPU_CHUNK_PLAN = ChunkPlan(elements=1 << 24, min_length=4096)
 
 
 def _lrelu(x: mx.array, slope: float) -> mx.array:
@@ -173,7 +179,9 @@ class Generator(nn.Module):
     `chunk_plan` size, each computed from the stage input around it (a halo as wide as the blocks' reach)
     with unpadded convolutions, and zeroed outside the signal where the reference zero-pads. Chunks keep
     the working set in cache; they are dealt to one lane per CPU stream (`conv.cpu_streams`) and the lanes
-    run in lockstep (`conv.run_lockstep`), so the cores work in parallel.
+    run in lockstep (`conv.run_lockstep`), so the cores work in parallel. On other back ends a signal
+    longer than one `gpu_chunk_plan` chunk takes the same chunked route on the default stream, one chunk
+    evaluated at a time, with the convolutions on `mx.conv1d` (bounded memory for long inputs).
     """
 
     def __init__(
@@ -214,6 +222,7 @@ class Generator(nn.Module):
         if gin_channels:
             self.cond = Conv1d(gin_channels, upsample_initial_channel, 1)
         self.chunk_plan = ChunkPlan()  # CPU path: chunk sizes (not a parameter)
+        self.gpu_chunk_plan = GPU_CHUNK_PLAN  # other back ends, long signals: chunk sizes
 
     def __call__(
         self,
@@ -229,12 +238,16 @@ class Generator(nn.Module):
         if self.nsf:
             if f0_hz is None:
                 raise ValueError("this voice needs f0 in Hz (f0=1)")
-            source = self.m_source(f0_hz, self.upp, sine_noise, rand_phase)  # (B, T·upp, 1)
+            source = self.m_source(f0_hz, self.upp, sine_noise, rand_phase)  # (B, T·upp, 1), float32
+            source = source.astype(self.conv_pre.weight.dtype)  # the noise convs' dtype
         x = self.conv_pre(x)
         if g is not None:
             x = x + self.cond(g)
         if use_cpu_path():
-            return self._chunked(x, source)
+            return self._chunked(x, source, cpu_streams(), self.chunk_plan)
+        if x.shape[1] * self.upp * self.ups[-1].out_channels > self.gpu_chunk_plan.elements:
+            return self._chunked(x, source, [mx.default_stream(mx.default_device())], self.gpu_chunk_plan,
+                                 evaluate=True)
         for i, up in enumerate(self.ups):
             x = up(nn.leaky_relu(x, LRELU_SLOPE))
             if source is not None:
@@ -243,15 +256,16 @@ class Generator(nn.Module):
             for block in self.resblocks[i * self.num_kernels : (i + 1) * self.num_kernels]:
                 xs = block(x) if xs is None else xs + block(x)
             x = xs / self.num_kernels
-        x = self.conv_post(nn.leaky_relu(x, FINAL_LRELU_SLOPE))
+        x = self.conv_post(nn.leaky_relu(x, FINAL_LRELU_SLOPE).astype(self.conv_post.weight.dtype))
         return mx.tanh(x)
 
     def _stage_blocks(self, i: int) -> list[nn.Module]:
         return self.resblocks[i * self.num_kernels : (i + 1) * self.num_kernels]
 
-    def _chunked(self, x: mx.array, source: mx.array | None) -> mx.array:
-        """The upsampling stages in time chunks (CPU path): x (B, T, C) after conv_pre -> (B, T·upp, 1)."""
-        streams = cpu_streams()
+    def _chunked(self, x: mx.array, source: mx.array | None, streams: Sequence[mx.Stream], plan: ChunkPlan,
+                 evaluate: bool = False) -> mx.array:
+        """The upsampling stages in time chunks: x (B, T, C) after conv_pre -> (B, T·upp, 1). One lane of
+        chunks per stream; ``evaluate``: evaluate each chunk before the next is built (bounded memory)."""
         halos = []  # per stage: stage-output samples each chunk needs beyond its own on each side
         for i in range(len(self.ups)):
             post = self.conv_post.padding if i == len(self.ups) - 1 else 0
@@ -269,13 +283,14 @@ class Generator(nn.Module):
         for i, up in enumerate(self.ups):
             t_in = x.shape[1] - 2 * pads[i]
             t_out = (t_in - 1) * up.stride - 2 * up.padding + up.kernel_size + up.output_padding
-            length = max(self.chunk_plan.min_length, self.chunk_plan.elements // up.out_channels)
+            length = max(plan.min_length, plan.elements // up.out_channels)
             n_lanes = min(len(streams), -(-t_out // length))
             n_chunks = -(-t_out // (length * n_lanes)) * n_lanes  # equal work per lane
             length = -(-t_out // n_chunks)
             starts = range(0, t_out, length)
             lanes = [
-                self._lane(i, x, pads[i], source, pad_src, starts[k::n_lanes], length, t_out, halos[i])
+                self._lane(i, x, pads[i], source, pad_src, starts[k::n_lanes], length, t_out, halos[i],
+                           evaluate)
                 for k in range(n_lanes)
             ]
             per_lane = run_lockstep(lanes, streams[:n_lanes])
@@ -287,12 +302,14 @@ class Generator(nn.Module):
         return x
 
     def _lane(self, i: int, x: mx.array, pad: int, source: mx.array | None, pad_src: int,
-              starts: Sequence[int], length: int, total: int, halo: int) -> Steps:
+              starts: Sequence[int], length: int, total: int, halo: int, evaluate: bool) -> Steps:
         """Stage i's chunks starting at `starts`, one after the other, as one step generator -> their list."""
         outs = []
         for start in starts:
             stop = min(start + length, total)
             outs.append((yield from self._chunk(i, x, pad, source, pad_src, start, stop, total, halo)))
+            if evaluate:
+                mx.eval(outs[-1])
         return outs
 
     def _chunk(
@@ -330,4 +347,4 @@ class Generator(nn.Module):
         for y in ys[1:]:
             x = x + y
         x = _zero_outside(x / self.num_kernels, start - post, total)
-        return mx.tanh(self.conv_post.valid(_lrelu(x, FINAL_LRELU_SLOPE)))
+        return mx.tanh(self.conv_post.valid(_lrelu(x, FINAL_LRELU_SLOPE).astype(self.conv_post.weight.dtype)))
