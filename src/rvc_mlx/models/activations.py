@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import mlx.core as mx
+import numpy as np
 
 # MLX's CPU exp (and so sigmoid) costs ~20 ns per element on x86, ~50x an add: on the CPU back end the
 # sigmoids use an exp built from arithmetic instead: x = n ln2 + r (Cody-Waite, ln2 split so n * _LN2_HI
@@ -100,3 +101,59 @@ def erf_gelu(x: mx.array) -> mx.array:
     for c in _ERF_Q[1:]:
         q = q * u2 + c
     return x * (0.5 + 0.5 * (u * p / q))
+
+
+# In-place numpy forms for MLX's CPU back end, applied to an evaluated array's own buffer (np.asarray of an
+# mx.array is a writable view): numpy's ufuncs are vectorised, MLX's CPU element-wise kernels are not
+# (measured on x86: exact GELU 5x faster, softmax's exp 16x). Rows go in blocks that stay in cache.
+_INPLACE_BLOCK = 1 << 14  # elements per block of the in-place GELU
+_ERF_P32 = tuple(float(f) for f in _ERF_P)
+_ERF_Q32 = tuple(float(f) for f in _ERF_Q)
+
+
+def gelu_inplace_np(x, shift=None, scale=None, bias=None) -> None:
+    """x[...] = erf_gelu((x - shift) * scale + bias), each of shift, scale, bias optional (None: skipped).
+
+    x: a C-contiguous float32 numpy array (..., C), written in place; shift, scale, bias: (C,) float32.
+    The same rational erf as `erf_gelu`, so the two agree to the last bit when no affine part is given.
+    """
+    c = x.shape[-1]
+    rows = x.view()
+    rows.shape = (-1, c)  # (R, C), a view (raises rather than copy)
+    step = max(1, _INPLACE_BLOCK // c)
+    buf = np.empty((4, step, c), np.float32)
+    for start in range(0, rows.shape[0], step):
+        xs = rows[start : start + step]  # (r, C) view into x
+        u, u2, p, q = (b[: xs.shape[0]] for b in buf)
+        if shift is not None:
+            xs -= shift
+        if scale is not None:
+            xs *= scale
+        if bias is not None:
+            xs += bias
+        np.multiply(xs, np.float32(1 / math.sqrt(2)), out=u)
+        np.clip(u, -4.0, 4.0, out=u)
+        np.multiply(u, u, out=u2)
+        np.multiply(u2, np.float32(_ERF_P32[0]), out=p)
+        p += np.float32(_ERF_P32[1])
+        for coef in _ERF_P32[2:]:
+            p *= u2
+            p += np.float32(coef)
+        np.multiply(u2, np.float32(_ERF_Q32[0]), out=q)
+        q += np.float32(_ERF_Q32[1])
+        for coef in _ERF_Q32[2:]:
+            q *= u2
+            q += np.float32(coef)
+        p *= u
+        p /= q
+        p *= np.float32(0.5)
+        p += np.float32(0.5)
+        xs *= p
+
+
+def softmax_inplace_np(x) -> None:
+    """x[...] = softmax(x) over the last axis, in place on a C-contiguous float32 numpy array."""
+    m = np.max(x, axis=-1, keepdims=True)
+    np.subtract(x, m, out=x)
+    np.exp(x, out=x)
+    x /= np.sum(x, axis=-1, keepdims=True)

@@ -32,11 +32,15 @@ import mlx.nn as nn
 import numpy as np
 
 from rvc_mlx.errors import AudioError
-from rvc_mlx.models.activations import erf_gelu, exp_arith
+from rvc_mlx.models.activations import erf_gelu, exp_arith, gelu_inplace_np, softmax_inplace_np
+from rvc_mlx.models.conv import cpu_streams, use_cpu_path
 from rvc_mlx.pitch import PITCH_SAMPLE_RATE as SAMPLE_RATE  # (the only rate HuBERT accepts)
 
 # fairseq's conv_feature_layers for base: (channels, kernel, stride) per layer.
 BASE_CONV_LAYERS = ((512, 10, 5),) + ((512, 3, 2),) * 4 + ((512, 2, 2),) * 2
+QUERY_BLOCK_ELEMENTS = 1 << 20  # CPU path: attention scores per query block (B·H·rows·T), ~4 MB
+QUERY_BLOCK_MIN_ROWS = 32  # CPU path: fewest query rows per block
+LANE_MIN_FRAMES = 32  # CPU path: fewest output frames per lane (CPU stream)
 
 
 # Exact (erf) GELU, x * Phi(x), as torch.nn.GELU() / F.gelu: elementwise on any shape.
@@ -280,7 +284,10 @@ class HubertModel(nn.Module):
             output_layer = n_layers
         if not 1 <= output_layer <= n_layers:
             raise ValueError(f"output_layer must be in 1..{n_layers}, got {output_layer}")
-        x = self.feature_extractor(self._check_audio(samples))  # (B, T, 512)
+        samples = self._check_audio(samples)
+        if use_cpu_path():
+            return _extract_cpu(self, samples, output_layer)
+        x = self.feature_extractor(samples)  # (B, T, 512)
         x = self.feature_proj(self.feature_norm(x))  # (B, T, C)
         x = self.encoder_norm(x + self.pos_conv(x))
         for layer in self.layers[:output_layer]:
@@ -300,3 +307,166 @@ class HubertModel(nn.Module):
         if version == "v2":
             return self.extract_features(samples, output_layer=12)
         raise ValueError(f"version must be 'v1' or 'v2', got {version!r}")
+
+
+# CPU path. The output frames are cut into one time range per CPU stream ("lane", `conv.cpu_streams`), and
+# each lane runs everything that is local in time (convolutions, projections, norms, FFN) on its own stream,
+# so the cores work in parallel. Exact GELU and the attention softmax, MLX's slowest CPU kernels, run as
+# in-place numpy passes on the evaluated buffers (`activations.gelu_inplace_np`, `softmax_inplace_np`) in
+# the calling thread, while the streams go on with the other lane's matmuls (`_drive`).
+
+
+def _drive(lanes: list, streams: list) -> list:
+    """Run lane generators side by side, lane k's MLX work on streams[k] -> their return values.
+
+    A lane yields (array, fn): the array is evaluated (queued with `async_eval` as soon as it is yielded),
+    then fn(numpy view of its buffer) rewrites it in place and fn's result is sent back to the lane. The
+    array must be a fresh op output (a matmul or a concatenation) that nothing else shares.
+    """
+    current: list = [None] * len(lanes)
+    results: list = [None] * len(lanes)
+
+    def advance(k: int, value) -> None:
+        with mx.stream(streams[k]):
+            try:
+                current[k] = lanes[k].send(value)
+            except StopIteration as done:
+                current[k], results[k] = None, done.value
+                return
+            mx.async_eval(current[k][0])
+
+    for k in range(len(lanes)):
+        advance(k, None)
+    while any(c is not None for c in current):
+        for k, item in enumerate(current):
+            if item is not None:
+                array, fn = item
+                mx.eval(array)
+                view = np.asarray(array)
+                assert view.flags.c_contiguous and view.flags.writeable and view.dtype == np.float32
+                advance(k, fn(view))
+    return results
+
+
+def _lane_bounds(frames: int, streams: list) -> list[int]:
+    """Output frame boundaries of the lanes: [0, ..., frames], one range per lane."""
+    n = max(1, min(len(streams), frames // LANE_MIN_FRAMES))
+    return [k * frames // n for k in range(n + 1)]
+
+
+def _frontend_cpu(model: HubertModel, samples: mx.array, bounds: list[int], streams: list) -> list[mx.array]:
+    """Conv stack, feature norm and projection per lane: samples (B, N) -> (B, T_k, C) for the output
+    frames [bounds[k], bounds[k + 1]).
+
+    The first conv's GroupNorm needs statistics over all of its frames: lanes compute their share of the
+    sums, then normalise + GELU (numpy) and run the remaining convs on their own frame range plus context.
+    """
+    fe, cfg = model.feature_extractor, model.config
+    _, k0, s0 = cfg.conv_layers[0]
+    hop, window = 1, 1  # first-conv frames between / seen by consecutive outputs of the remaining convs
+    for _, kernel, stride in reversed(cfg.conv_layers[1:]):
+        window = (window - 1) * stride + kernel
+        hop *= stride
+    t0 = (samples.shape[1] - k0) // s0 + 1  # first-conv frames
+    n_lanes = len(bounds) - 1
+    firsts, uniques = [], []
+    for k in range(n_lanes):
+        lo = hop * bounds[k]
+        hi = t0 if k == n_lanes - 1 else hop * (bounds[k + 1] - 1) + window
+        with mx.stream(streams[k]):
+            firsts.append(fe.convs[0](samples[:, s0 * lo : s0 * (hi - 1) + k0, None]))  # (B, hi - lo, C)
+        uniques.append((t0 if k == n_lanes - 1 else hop * bounds[k + 1]) - lo)  # rows no other lane counts
+    sums = []
+    for k in range(n_lanes):
+        with mx.stream(streams[k]):
+            sums.append(mx.sum(firsts[k][:, : uniques[k]], axis=1))  # (B, C)
+    mean = sum(sums) / t0  # (B, C)
+    squares = []
+    for k in range(n_lanes):
+        with mx.stream(streams[k]):
+            squares.append(mx.sum(mx.square(firsts[k][:, : uniques[k]] - mean[:, None]), axis=1))
+    scale = mx.rsqrt(sum(squares) / t0 + fe.norm.eps) * fe.norm.weight  # (B, C)
+    mean, scale, bias = (np.array(a) for a in (mean, scale, fe.norm.bias))
+
+    def norm_gelu(view):
+        for i in range(view.shape[0]):
+            gelu_inplace_np(view[i], mean[i], scale[i], bias)
+
+    def lane(k: int):
+        x = firsts[k]
+        yield x, norm_gelu
+        for conv in fe.convs[1:]:
+            x = conv(x)
+            yield x, gelu_inplace_np
+        return model.feature_proj(model.feature_norm(x))  # (B, T_k, C)
+
+    return _drive([lane(k) for k in range(n_lanes)], streams)
+
+
+def _pos_conv_cpu(model: HubertModel, xs: list[mx.array], bounds: list[int], streams: list) -> list[mx.array]:
+    """encoder_norm(x + pos_conv(x)) per lane; each lane convolves its frames of the padded whole signal."""
+    pc = model.pos_conv
+    pad, width = pc.kernel_size // 2, pc.weight.shape[-1]
+    with mx.stream(streams[0]):
+        xp = mx.pad(mx.concatenate(xs, axis=1), [(0, 0), (pad, pad), (0, 0)])  # (B, T + K, C)
+    bias = np.array(pc.bias)
+
+    def lane(k: int):
+        a, b = bounds[k], bounds[k + 1]
+        part = xp[:, a : b + pc.kernel_size - 1]  # (B, b - a + K - 1, C)
+        y = mx.concatenate([
+            mx.conv1d(part[..., g * width : (g + 1) * width], pc.weight[g * width : (g + 1) * width])
+            for g in range(pc.groups)
+        ], axis=-1)  # (B, b - a, C)
+        yield y, partial(gelu_inplace_np, bias=bias)
+        return model.encoder_norm(xs[k] + y)
+
+    return _drive([lane(k) for k in range(len(xs))], streams)
+
+
+def _layer_cpu(layer: EncoderLayer, xs: list[mx.array], streams: list) -> list[mx.array]:
+    """One encoder layer over the lanes' frames xs[k] (B, T_k, C): keys and values of all frames are
+    shared, each lane takes its own queries in blocks of ~QUERY_BLOCK_ELEMENTS scores."""
+    attn = layer.attn
+    b, _, c = xs[0].shape
+    h = attn.num_heads
+    d = c // h
+    qkvs = []
+    for k, x in enumerate(xs):
+        with mx.stream(streams[k]):
+            qkvs.append(attn.qkv(x))  # (B, T_k, 3C)
+    with mx.stream(streams[0]):
+        kv = mx.concatenate([qkv[..., c:] for qkv in qkvs], axis=1)  # (B, T, 2C)
+        t = kv.shape[1]
+        keys = mx.contiguous(kv[..., :c].reshape(b, t, h, d).transpose(0, 2, 3, 1))  # (B, H, D, T)
+        values = mx.contiguous(kv[..., c:].reshape(b, t, h, d).transpose(0, 2, 1, 3))  # (B, H, T, D)
+    rows = max(QUERY_BLOCK_MIN_ROWS, QUERY_BLOCK_ELEMENTS // (b * h * t))
+
+    def lane(k: int):
+        tk = xs[k].shape[1]
+        q = qkvs[k][..., :c] * (d**-0.5)
+        q = mx.contiguous(q.reshape(b, tk, h, d).transpose(0, 2, 1, 3))  # (B, H, T_k, D)
+        outs = []
+        for first in range(0, tk, rows):
+            scores = q[:, :, first : first + rows] @ keys  # (B, H, rows, T)
+            yield scores, softmax_inplace_np
+            outs.append(scores @ values)  # (B, H, rows, D)
+            mx.async_eval(outs[-1])
+        y = mx.concatenate(outs, axis=2).transpose(0, 2, 1, 3).reshape(b, tk, c)  # (B, T_k, C)
+        x = layer.attn_norm(xs[k] + attn.out(y))
+        hidden = layer.fc1(x)  # (B, T_k, FFN)
+        yield hidden, gelu_inplace_np
+        return layer.final_norm(x + layer.fc2(hidden))
+
+    return _drive([lane(k) for k in range(len(xs))], streams)
+
+
+def _extract_cpu(model: HubertModel, samples: mx.array, output_layer: int) -> mx.array:
+    """`extract_features` on the CPU path: samples (B, N) -> (B, T, C), lanes over the CPU streams."""
+    streams = cpu_streams()
+    bounds = _lane_bounds(model.config.num_frames(samples.shape[1]), streams)
+    xs = _frontend_cpu(model, samples, bounds, streams)
+    xs = _pos_conv_cpu(model, xs, bounds, streams)
+    for layer in model.layers[:output_layer]:
+        xs = _layer_cpu(layer, xs, streams)
+    return mx.concatenate(xs, axis=1) if len(xs) > 1 else xs[0]
