@@ -33,7 +33,7 @@ import numpy as np
 
 from rvc_mlx.errors import AudioError
 from rvc_mlx.models.activations import erf_gelu, exp_arith, gelu_inplace_np, softmax_inplace_np
-from rvc_mlx.models.conv import cpu_streams, use_cpu_path
+from rvc_mlx.models.conv import _cached, cpu_streams, use_cpu_path
 from rvc_mlx.pitch import PITCH_SAMPLE_RATE as SAMPLE_RATE  # (the only rate HuBERT accepts)
 
 # fairseq's conv_feature_layers for base: (channels, kernel, stride) per layer.
@@ -129,6 +129,38 @@ class StridedConv(nn.Module):
             last = s * (n - 1) + 1
             frames = mx.concatenate([x[:, i : i + last : s] for i in range(k)], axis=-1)  # (B, n, K*C)
         return frames @ self.weight.reshape(self.weight.shape[0], -1).T  # (B, n, C_out)
+
+    def _block_weights(self) -> list[mx.array]:
+        """Per block of S taps (the last may hold fewer, r): its (r·C_in, C_out) matrix, built once."""
+        k, s = self.kernel_size, self.stride
+
+        def build(w: mx.array) -> list[mx.array]:
+            c_out = w.shape[0]
+            return [mx.contiguous(w[:, j : j + s].reshape(c_out, -1).T) for j in range(0, k, s)]
+
+        return _cached(self, build, "_blocks")
+
+    def blocks(self, x: mx.array) -> mx.array:
+        """The same convolution for the CPU path without the framing copy: (B, T, C_in) -> (B, n, C_out).
+
+        Input rows j·S .. j·S + S·n, read as (n, S·C_in), are every frame's taps j·S .. j·S + S - 1: one GEMM
+        per block of S taps on a view of x (for B = 1), plus a strided-slice GEMM for a last partial block
+        (kernel 3, stride 2: (n, 2C)·(2C, C_out) + (n, C)·(C, C_out), ~10% less CPU than one framed GEMM).
+        """
+        b, t, c = x.shape
+        k, s = self.kernel_size, self.stride
+        n = (t - k) // s + 1
+        y = None
+        for j, w in zip(range(0, k, s), self._block_weights(), strict=True):
+            r = min(s, k - j)  # taps in this block
+            if r == s:
+                xin = x[:, j : j + s * n].reshape(b, n, s * c)  # (B, n, S*C)
+            else:
+                last = s * (n - 1) + 1
+                taps = [x[:, j + i : j + i + last : s] for i in range(r)]
+                xin = taps[0] if r == 1 else mx.concatenate(taps, axis=-1)  # (B, n, r*C)
+            y = xin @ w if y is None else mx.addmm(y, xin, w)
+        return y
 
 
 class ChannelNorm(nn.Module):
@@ -374,7 +406,8 @@ def _frontend_cpu(model: HubertModel, samples: mx.array, bounds: list[int], stre
         lo = hop * bounds[k]
         hi = t0 if k == n_lanes - 1 else hop * (bounds[k + 1] - 1) + window
         with mx.stream(streams[k]):
-            firsts.append(fe.convs[0](samples[:, s0 * lo : s0 * (hi - 1) + k0, None]))  # (B, hi - lo, C)
+            part = samples[:, s0 * lo : s0 * (hi - 1) + k0, None]  # (B, samples, 1)
+            firsts.append(fe.convs[0].blocks(part))  # (B, hi - lo, C)
         uniques.append((t0 if k == n_lanes - 1 else hop * bounds[k + 1]) - lo)  # rows no other lane counts
     sums = []
     for k in range(n_lanes):
@@ -396,7 +429,7 @@ def _frontend_cpu(model: HubertModel, samples: mx.array, bounds: list[int], stre
         x = firsts[k]
         yield x, norm_gelu
         for conv in fe.convs[1:]:
-            x = conv(x)
+            x = conv.blocks(x)
             yield x, gelu_inplace_np
         return model.feature_proj(model.feature_norm(x))  # (B, T_k, C)
 
