@@ -58,8 +58,22 @@ class PitchSignal:
         return self.f0_hz > 0
 
 
-# Glides across 60-1000 Hz in both directions, vibrato, unvoiced bursts and gaps: 3.6 s, 361 frames.
+# Glides across 60-1000 Hz in both directions, vibrato, unvoiced bursts and gaps: 3.6 s, 361 frames. Each
+# tone starts within an octave of where the previous one ended, as consecutive sung phrases do.
 STANDARD_SEGMENTS = (
+    Silence(0.1),
+    Tone(1.5, 60.0, 1000.0),
+    Noise(0.2),
+    Tone(0.8, 900.0, 110.0, vibrato_cents=30.0, vibrato_hz=4.0, amplitude=0.2),
+    Silence(0.1),
+    Tone(0.6, 220.0, 220.0, vibrato_cents=60.0, vibrato_hz=5.5),
+    Noise(0.2, amplitude=0.05),
+    Tone(0.1, 440.0, 440.0),
+)
+
+# The same segments with leaps of 2.2 and 2.0 octaves across 200 ms of noise and 100 ms of silence
+# (1000 Hz -> 220 Hz, 220 Hz -> 900 Hz): a stress case for trackers with a slew limit (CREPE's Viterbi).
+LEAP_SEGMENTS = (
     Silence(0.1),
     Tone(1.5, 60.0, 1000.0),
     Noise(0.2),
