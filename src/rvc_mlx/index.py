@@ -58,6 +58,7 @@ _EXACT_MARGIN = 8  # extra candidates re-scored in exact mode, beyond k (||q||²
 _IVF_MARGIN = 4  # extra candidates re-scored in ivf mode (residuals to the centroid cancel far less)
 _LANES = 16  # float32 lanes of faiss's AVX-512 distance loop
 _CHUNK_WIDTH = 64  # slots per chunk of an inverted list
+_CPU_TILE = 8  # query rows per matrix product on the CPU (rows of one list, grouped)
 _BLOCK_ELEMENTS = 1 << 24  # largest intermediate per block of queries, in elements (64 MiB of float32)
 
 _KNOWN_FOURCC = {
@@ -285,6 +286,7 @@ class FeatureIndex:
             self._build_chunks(vectors, centroids, assign)
         mx.eval(self.vectors, self.sq_norms)
         self._faiss = None
+        self.pairs_on_host = None  # ivf pairs built from the probed lists read back: None = on the CPU only
 
     def _build_chunks(self, vectors: np.ndarray, centroids: np.ndarray, assign: np.ndarray) -> None:
         """Lay the inverted lists out for search, once: each list cut into chunks of ``chunk_width`` slots.
@@ -317,8 +319,9 @@ class FeatureIndex:
         self.chunk_residuals_t = mx.array(np.ascontiguousarray(residuals.transpose(0, 2, 1)))  # (C+1, dim, W)
         self.chunk_sq_norms = mx.array(norms)  # (C+1, W)
         self.chunk_ids = mx.array(ids)  # (C+1, W)
-        self.list_first_chunk = mx.array(first.astype(np.int32))  # (nlist,)
-        self.list_chunks = mx.array(n_chunks.astype(np.int32))  # (nlist,)
+        self._list_first_chunk_np, self._list_chunks_np = first.astype(np.int32), n_chunks.astype(np.int32)
+        self.list_first_chunk = mx.array(self._list_first_chunk_np)  # (nlist,)
+        self.list_chunks = mx.array(self._list_chunks_np)  # (nlist,)
         mx.eval(self.chunk_residuals_t, self.chunk_sq_norms, self.chunk_ids, self.centroids,
                 self.centroid_sq_norms)
 
@@ -443,31 +446,93 @@ class FeatureIndex:
         return mx.take_along_axis(near, mx.argsort(mx.take_along_axis(cd, near, axis=1), axis=1), axis=1)
 
     def _ivf_block(self, q: mx.array, k: int) -> tuple[mx.array, mx.array]:
-        """IVF search of q (n, dim): every probed list's chunks scored in one gathered matmul.
+        """IVF search of q (n, dim): the probed lists' chunks scored in one gathered matmul.
 
-        Per (query, probe): the query's residual ``r = q − c`` to that list's centroid; per stored vector
-        its residual ``x − c`` (prepared at load), so ``||q − x||² = ||r||² + ||x − c||² − 2 r·(x − c)``
-        with terms far smaller than ``||q||²`` and ``||x||²``. Each query meets every chunk of its lists:
-        ``max_chunks`` per probe, the ones past a list's end pointing at the all-padding chunk (scored,
-        +inf), so all shapes are fixed by the index and the block size, never by the data.
+        Per (query, probe) "row": the query's residual ``r = q − c`` to that list's centroid; per stored
+        vector its residual ``x − c`` (prepared at load), so
+        ``||q − x||² = ||r||² + ||x − c||² − 2 r·(x − c)``, terms far smaller than ``||q||²`` and
+        ``||x||²``. ``gather_mm`` multiplies tiles of rows (B, dim) by chunks (dim, W); each (row, chunk)
+        keeps its best ``k + margin`` slots at ``row * max_chunks + step`` of a table
+        (rows * max_chunks, k + margin), +inf where no chunk; the best of each query's table row go to
+        :meth:`_refine`.
+
+        On a GPU a tile is one row (B = 1) and meets ``max_chunks`` chunks, those past its list's end
+        being the all-padding chunk (scored, +inf): every shape follows from the index and the block size,
+        nothing waits for the device. On the CPU, where reading the probed lists back costs no transfer,
+        rows are grouped by list into tiles of ``_CPU_TILE`` (GEMMs instead of matrix-vector products)
+        and a tile meets only the chunks its list has (skewed lists: the biggest no longer sets every
+        query's cost), ordered by chunk so that a chunk stays in cache.
         """
-        n, nprobe, s, w = q.shape[0], min(self.nprobe, self.nlist), self.max_chunks, self.chunk_width
+        n, nprobe, s = q.shape[0], min(self.nprobe, self.nlist), self.max_chunks
+        rows = n * nprobe
         lists = self._probed_lists(q)  # (n, P)
-        r = q[:, None, :] - self.centroids[lists]  # (n, P, dim)
-        r_sq = mx.sum(r * r, axis=-1)  # (n, P)
-        step = mx.arange(s, dtype=mx.int32)  # (S,)
-        chunk = self.list_first_chunk[lists][..., None] + step  # (n, P, S)
-        chunk = mx.where(step < self.list_chunks[lists][..., None], chunk, self.empty_chunk)
-        chunk = chunk.reshape(n * nprobe, s)  # (n P, S)
-        rows = mx.broadcast_to(mx.arange(n * nprobe, dtype=mx.int32)[:, None], chunk.shape)  # (n P, S)
-        ip = mx.gather_mm(r.reshape(n * nprobe, 1, self.dim), self.chunk_residuals_t,
-                          lhs_indices=rows, rhs_indices=chunk)  # (n P, S, 1, W)
-        d2 = (r_sq.reshape(n * nprobe, 1, 1) + self.chunk_sq_norms[chunk]) - 2 * ip.reshape(n * nprobe, s, w)
-        d2 = d2.reshape(n, nprobe * s * w)  # (n, P S W), +inf on padding
-        ids = self.chunk_ids[chunk].reshape(n, nprobe * s * w)
+        r = (q[:, None, :] - self.centroids[lists]).reshape(rows, self.dim)  # (rows, dim)
+        r_sq = mx.sum(r * r, axis=-1)  # (rows,)
+        host = self.pairs_on_host if self.pairs_on_host is not None else mx.default_device() == mx.cpu
+        if host:
+            tile_rows, pair_tile, pair_chunk, pair_slot = self._cpu_tiles(np.array(lists).reshape(-1))
+            if pair_tile.size == 0:  # every query probes empty lists only
+                return self._refine(q, mx.full((n, 1), -1, dtype=mx.int32), k)
+            r = mx.concatenate([r, mx.zeros((1, self.dim), dtype=r.dtype)])[tile_rows]  # (G B, dim)
+            r_sq = mx.concatenate([r_sq, mx.zeros((1,), dtype=r_sq.dtype)])[tile_rows]  # (G B,)
+            tile = _CPU_TILE
+        else:
+            step = mx.arange(s, dtype=mx.int32)  # (S,)
+            pair_chunk = self.list_first_chunk[lists].reshape(rows, 1) + step  # (rows, S)
+            pair_chunk = mx.where(step < self.list_chunks[lists].reshape(rows, 1), pair_chunk,
+                                  self.empty_chunk).reshape(-1)  # (rows S,)
+            pair_tile = mx.repeat(mx.arange(rows, dtype=mx.int32), s)  # (rows S,)
+            pair_slot, tile = None, 1  # pairs already in table order
+        ip = mx.gather_mm(r.reshape(-1, tile, self.dim), self.chunk_residuals_t,
+                          lhs_indices=pair_tile, rhs_indices=pair_chunk)  # (pairs, B, W)
+        r_sq = r_sq.reshape(-1, tile)[pair_tile]  # (pairs, B)
+        d2 = (r_sq[..., None] + self.chunk_sq_norms[pair_chunk][:, None, :]) - 2 * ip  # (pairs, B, W)
+        d2 = d2.reshape(-1, self.chunk_width)  # (pairs B, W)
+        ids = mx.broadcast_to(self.chunk_ids[pair_chunk][:, None, :], ip.shape).reshape(d2.shape)
+        c = min(k + _IVF_MARGIN, self.chunk_width)
+        if c < self.chunk_width:
+            best = mx.argpartition(d2, kth=c - 1, axis=1)[:, :c]  # (pairs B, c)
+            d2, ids = mx.take_along_axis(d2, best, axis=1), mx.take_along_axis(ids, best, axis=1)
+        if pair_slot is not None:  # scatter into the table; padding lanes land in its extra last row
+            table_d = mx.full((rows * s + 1, c), mx.inf, dtype=mx.float32)
+            table_d[pair_slot] = d2
+            table_i = mx.full((rows * s + 1, c), -1, dtype=mx.int32)
+            table_i[pair_slot] = ids
+            d2, ids = table_d[:-1], table_i[:-1]
+        d2, ids = d2.reshape(n, nprobe * s * c), ids.reshape(n, nprobe * s * c)  # (n, P S c)
         c = min(k + _IVF_MARGIN, d2.shape[1])
         cand = mx.argpartition(d2, kth=c - 1, axis=1)[:, :c]  # (n, c)
         return self._refine(q, mx.take_along_axis(ids, cand, axis=1), k)
+
+    def _cpu_tiles(self, lists: np.ndarray) -> tuple[mx.array, mx.array, mx.array, mx.array]:
+        """lists (rows,): the probed list of each (query, probe) row -> the CPU work plan.
+
+        Rows are grouped by list into tiles of B = ``_CPU_TILE`` (a list's last tile padded with row
+        ``rows``, a zero row). Returns ``tile_rows`` (G B,) int32, the row in each tile lane;
+        ``pair_tile``/``pair_chunk`` (pairs,) int32, every (tile, chunk of the tile's list), sorted by chunk;
+        ``pair_slot`` (pairs B,) int32, the table row of each (pair, lane): ``row * max_chunks + step``, or
+        the table's extra last row for padding lanes.
+        """
+        n_rows, b = len(lists), _CPU_TILE
+        order = np.argsort(lists, kind="stable")  # rows grouped by list
+        group_list, group_start, group_rows = np.unique(lists[order], return_index=True, return_counts=True)
+        group_tiles = -(-group_rows // b)
+        group_first_tile = np.cumsum(group_tiles) - group_tiles
+        group = np.repeat(np.arange(len(group_list)), group_rows)  # (rows,) group of each sorted row
+        lane_pos = group_first_tile[group] * b + np.arange(n_rows) - group_start[group]
+        tile_rows = np.full(int(group_tiles.sum()) * b, n_rows, dtype=np.int32)  # (G B,)
+        tile_rows[lane_pos] = order
+        group_chunks = self._list_chunks_np[group_list]
+        per_group = group_tiles * group_chunks  # pairs of each group: its tiles x its list's chunks
+        pg = np.repeat(np.arange(len(group_list)), per_group)  # (pairs,)
+        within = np.arange(len(pg)) - np.repeat(np.cumsum(per_group) - per_group, per_group)
+        step, tile = within // group_tiles[pg], group_first_tile[pg] + within % group_tiles[pg]
+        chunk = self._list_first_chunk_np[group_list][pg] + step  # chunk-major within a group
+        lane_row = tile_rows.reshape(-1, b)[tile]  # (pairs, B)
+        slot = np.where(lane_row < n_rows, lane_row.astype(np.int64) * self.max_chunks + step[:, None],
+                        n_rows * self.max_chunks)  # (pairs, B)
+        return (mx.array(tile_rows), mx.array(tile.astype(np.int32)), mx.array(chunk.astype(np.int32)),
+                mx.array(slot.reshape(-1).astype(np.int32)))
 
     def _exact_block(self, q: mx.array, k: int) -> tuple[mx.array, mx.array]:
         """Exact search of q (n, dim): ``(||q||² − 2 q·x) + ||x||²`` against every stored vector (one GEMM),
