@@ -114,6 +114,67 @@ def test_ivf_nprobe_above_1_equals_faiss(built):
     _assert_same_neighbours(ids, dist, ref_ids, ref_dist)
 
 
+@pytest.mark.parametrize("nprobe", [1, 3])
+def test_ivf_device_layout_equals_faiss(built, nprobe):
+    # the GPU plan (every row meets max_chunks chunks, padding chunk included) run here on the CPU
+    path, _, queries = built
+    arrays = read_faiss_index(path)
+    arrays["nprobe"][0] = nprobe
+    ref = faiss.read_index(str(path))
+    ref.nprobe = nprobe
+    ref_dist, ref_ids = ref.search(queries, 8)
+    index = FeatureIndex.from_arrays(arrays)
+    index.pairs_on_host = False
+    dist, ids = index.search(queries, k=8, mode="ivf")
+    _assert_same_neighbours(ids, dist, ref_ids, ref_dist)
+
+
+def test_ivf_skewed_and_empty_lists(tmp_path, rng):
+    # the clustering is trained with 3 points of a blob that then gets 900 vectors: one list of ~900
+    # (15 chunks of 64) beside lists of a few vectors, and lists left empty (trained on far points):
+    # both plans, nprobe 1 and 2, against faiss
+    d = 32
+    big = 0.3 * rng.standard_normal((900, d)).astype(np.float32)
+    small = _clustered(rng, 300, d, centres=12) + 4
+    x = np.concatenate([big, small])[rng.permutation(1200)]
+    train = np.concatenate([small, big[:3], 40 + rng.standard_normal((200, d)).astype(np.float32)])
+    path = tmp_path / "skewed.index"
+    ref = _write_rvc_index(path, x, 24, train=train)
+    index = FeatureIndex.load(path)
+    sizes = np.bincount(np.asarray(index.assign), minlength=24)
+    assert sizes.max() > 10 * np.median(sizes[sizes > 0]) and (sizes == 0).any() and index.max_chunks > 4
+    q = np.concatenate([x[:200] + 0.05 * rng.standard_normal((200, d)),
+                        40 + rng.standard_normal((20, d))]).astype(np.float32)  # last rows: empty lists
+    for nprobe in (1, 2):
+        ref.nprobe = index.nprobe = nprobe
+        ref_dist, ref_ids = ref.search(q, 8)
+        assert (ref_ids[-20:] == -1).any()
+        for host in (True, False):
+            index.pairs_on_host = host
+            dist, ids = index.search(q, k=8, mode="ivf")
+            _assert_same_neighbours(ids, dist, ref_ids, ref_dist)
+
+
+def test_exact_ties_follow_faiss_id_order(tmp_path, rng):
+    # 12 copies of one vector under scattered ids: the 8 nearest tie exactly, faiss keeps the lowest ids
+    d = 64
+    x = _clustered(rng, 600, d, centres=6)
+    copies = np.sort(rng.choice(600, 12, replace=False))
+    x[copies] = x[copies[0]]
+    path = tmp_path / "ties.index"
+    ref = _write_rvc_index(path, x, 8)
+    q = (x[copies[:1]] + 0.01 * rng.standard_normal((30, d))).astype(np.float32)
+    ref_dist, ref_ids = ref.search(q, 8)
+    assert (ref_ids == copies[:8]).all()
+    index = FeatureIndex.load(path)
+    for host in (True, False):
+        index.pairs_on_host = host
+        dist, ids = index.search(q, k=8, mode="ivf")
+        np.testing.assert_array_equal(np.asarray(ids), ref_ids)
+        assert (np.asarray(dist) == np.asarray(dist)[:, :1]).all()  # bit-identical distances
+    np.testing.assert_array_equal(np.asarray(index.search(q, k=8)[1]), ref_ids)  # exact mode too
+
+
 def _rvc_blend(feats, index, big_npy, index_rate, is_half):
     """Pipeline.vc's retrieval block (rvc/modules/vc/pipeline.py), transcribed with torch and faiss."""
     import torch

@@ -55,7 +55,7 @@ FLT_MAX = float(np.finfo(np.float32).max)  # faiss's distance for a missing neig
 METRIC_L2 = 1  # faiss::METRIC_L2
 _INDEX_DUMMY = 1 << 20  # faiss writes this twice in every index header (former unused fields)
 _EXACT_MARGIN = 8  # extra candidates re-scored in exact mode, beyond k (||q||² + ||x||² − 2 q·x cancels)
-_IVF_MARGIN = 4  # extra candidates re-scored in ivf mode (residuals to the centroid cancel far less)
+_IVF_MARGIN = 2  # extra candidates re-scored in ivf mode (residuals to the centroid cancel far less)
 _LANES = 16  # float32 lanes of faiss's AVX-512 distance loop
 _CHUNK_WIDTH = 64  # slots per chunk of an inverted list
 _CPU_TILE = 8  # query rows per matrix product on the CPU (rows of one list, grouped)
@@ -259,6 +259,14 @@ def _sum_squares(diff: mx.array) -> mx.array:
         half = lanes.shape[-1] // 2
         lanes = lanes[..., :half] + lanes[..., half:]
     return lanes[..., 0]
+
+
+def _order_key(dist: mx.array, ids: mx.array) -> mx.array:
+    """float32 distances and int32 ids (same shape) -> int64 keys ordered by (distance, id): faiss's heaps
+    break exact ties by id. Distances are clamped at 0 (the expansion can round below), so their float32
+    bit patterns order like them (+inf included)."""
+    bits = mx.view(mx.maximum(dist, 0.0), mx.int32).astype(mx.int64)
+    return bits * (1 << 32) + ids.astype(mx.int64)
 
 
 class FeatureIndex:
@@ -490,8 +498,8 @@ class FeatureIndex:
         d2 = d2.reshape(-1, self.chunk_width)  # (pairs B, W)
         ids = mx.broadcast_to(self.chunk_ids[pair_chunk][:, None, :], ip.shape).reshape(d2.shape)
         c = min(k + _IVF_MARGIN, self.chunk_width)
-        if c < self.chunk_width:
-            best = mx.argpartition(d2, kth=c - 1, axis=1)[:, :c]  # (pairs B, c)
+        if c < self.chunk_width:  # (distance, id) keys: exact ties keep the lowest ids, as faiss does
+            best = mx.argpartition(_order_key(d2, ids), kth=c - 1, axis=1)[:, :c]  # (pairs B, c)
             d2, ids = mx.take_along_axis(d2, best, axis=1), mx.take_along_axis(ids, best, axis=1)
         if pair_slot is not None:  # scatter into the table; padding lanes land in its extra last row
             table_d = mx.full((rows * s + 1, c), mx.inf, dtype=mx.float32)
@@ -501,7 +509,7 @@ class FeatureIndex:
             d2, ids = table_d[:-1], table_i[:-1]
         d2, ids = d2.reshape(n, nprobe * s * c), ids.reshape(n, nprobe * s * c)  # (n, P S c)
         c = min(k + _IVF_MARGIN, d2.shape[1])
-        cand = mx.argpartition(d2, kth=c - 1, axis=1)[:, :c]  # (n, c)
+        cand = mx.argpartition(_order_key(d2, ids), kth=c - 1, axis=1)[:, :c]  # (n, c)
         return self._refine(q, mx.take_along_axis(ids, cand, axis=1), k)
 
     def _cpu_tiles(self, lists: np.ndarray) -> tuple[mx.array, mx.array, mx.array, mx.array]:
@@ -548,9 +556,7 @@ class FeatureIndex:
         heaps break equal distances by id. -> (distances (n, k), ids (n, k)), FLT_MAX / -1 where missing."""
         diff = mx.take(self.vectors, mx.maximum(cand, 0), axis=0) - q[:, None, :]  # (n, c, dim)
         dist = mx.where(cand >= 0, _sum_squares(diff), mx.inf)  # (n, c)
-        # distances are >= 0, so their float32 bit patterns order like them; the id breaks ties
-        key = mx.view(dist, mx.int32).astype(mx.int64) * (1 << 32) + cand.astype(mx.int64)  # (n, c)
-        order = mx.argsort(key, axis=1)[:, :k]
+        order = mx.argsort(_order_key(dist, cand), axis=1)[:, :k]
         dist = mx.take_along_axis(dist, order, axis=1)
         ids = mx.take_along_axis(cand, order, axis=1)
         missing = dist == mx.inf
