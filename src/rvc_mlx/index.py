@@ -23,18 +23,19 @@ raises :class:`~rvc_mlx.errors.CheckpointError`.
 
 Search modes of :meth:`FeatureIndex.search` (all return squared L2 distances and ids, ascending):
 
-* ``"exact"`` (default): the true k nearest neighbours over all stored vectors. Distances come from
-  ``||q||² − 2 q·x + ||x||²`` (one GEMM per block of queries); the best ``k + 8`` candidates are then
-  re-scored in float64 (on the CPU stream: small, and float64 is CPU-only in MLX), so
-  the distances (rounded to float32) and their order are those of exact arithmetic, not spoiled by the
-  cancellation in the expansion. faiss sums in float32 (rounding error of about one unit in the last
-  place), so the two can order neighbours differently only where distances tie at float32 precision.
-* ``"ivf"``: faiss's IVF search emulated in MLX. With ``nprobe = 1`` (what RVC stores) faiss only looks in
+* ``"exact"`` (default): the true k nearest neighbours over all stored vectors. A first pass scores
+  ``(||q||² − 2 q·x) + ||x||²`` (one GEMM per block of queries); its best ``k + 8`` candidates are
+  re-scored as faiss's IVF-Flat scan scores vectors, a float32 sum of squared differences in its lane
+  order (:func:`_sum_squares`), so the cancellation of the expansion never decides the order.
+* ``"ivf"``: faiss's IVF search reproduced in MLX. With ``nprobe = 1`` (what RVC stores) faiss only looks in
   the one inverted list whose centroid is nearest the query, so its neighbours can differ from the exact
   ones (a true neighbour just across a cluster border is never seen), and when that list holds fewer than
   ``k`` vectors the missing slots are ids ``-1`` at distance ``FLT_MAX`` (weight 0 in the blend). This mode
-  reproduces that: nearest ``nprobe`` centroids, then exact search restricted to their lists. It gives the
-  same ids as faiss except where distances tie at float32 precision, and is what to use to match RVC's output.
+  does the same work: nearest ``nprobe`` centroids, then only the vectors of their lists, laid out at load
+  as chunks of centroid residuals and scored with one ``gather_mm`` per block of queries
+  (:meth:`FeatureIndex._ivf_block`), the best ``k + 2`` re-scored like ``"exact"``. It gives the ids faiss
+  gives, ties included (equal distances: lowest id first, as faiss's heaps), except where distances
+  differ by about one float32 rounding; it is what to use to match RVC's output.
 * ``"faiss"``: the optional ``faiss-cpu`` package itself (imported only here), on an index rebuilt from
   the parsed arrays (:meth:`FeatureIndex.to_faiss_bytes`).
 """
@@ -317,14 +318,15 @@ class FeatureIndex:
         lists = assign[order]
         rank = np.arange(len(order)) - np.concatenate([[0], np.cumsum(sizes)[:-1]])[lists]  # place in list
         chunk, slot = first[lists] + rank // width, rank % width
-        residuals = np.zeros((total + 1, width, vectors.shape[1]), dtype=np.float32)  # (chunks + 1, W, dim)
-        residuals[chunk, slot] = vectors[order] - centroids[lists]
+        res = vectors[order] - centroids[lists]  # (ntotal, dim) in list order
+        residuals = np.zeros((total + 1, vectors.shape[1], width), dtype=np.float32)  # (chunks + 1, dim, W)
+        residuals.transpose(0, 2, 1)[chunk, slot] = res
         norms = np.full((total + 1, width), np.inf, dtype=np.float32)
-        norms[chunk, slot] = np.einsum("nd,nd->n", residuals[chunk, slot], residuals[chunk, slot])
+        norms[chunk, slot] = np.einsum("nd,nd->n", res, res)
         ids = np.full((total + 1, width), -1, dtype=np.int32)
         ids[chunk, slot] = order
         self.chunk_width, self.max_chunks, self.empty_chunk = width, int(n_chunks.max()), total
-        self.chunk_residuals_t = mx.array(np.ascontiguousarray(residuals.transpose(0, 2, 1)))  # (C+1, dim, W)
+        self.chunk_residuals_t = mx.array(residuals)  # (C+1, dim, W)
         self.chunk_sq_norms = mx.array(norms)  # (C+1, W)
         self.chunk_ids = mx.array(ids)  # (C+1, W)
         self._list_first_chunk_np, self._list_chunks_np = first.astype(np.int32), n_chunks.astype(np.int32)
