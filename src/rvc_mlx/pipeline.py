@@ -18,7 +18,7 @@ import mlx.core as mx  # the package's __init__ has already loaded a fast BLAS f
 import numpy as np
 
 from rvc_mlx import signal_steps as steps
-from rvc_mlx.errors import AudioError, RVCError
+from rvc_mlx.errors import AudioError, CheckpointError, RVCError
 
 F0_METHODS = ("rmvpe", "fcpe", "crepe", "crepe-tiny", "pm", "harvest")
 
@@ -66,8 +66,14 @@ class VoiceConverter:
     """A voice model with its content encoder, pitch model and optional retrieval index, loaded once."""
 
     def __init__(self, synthesizer, hubert, *, index=None, index_mode: str = "exact", rmvpe=None,
-                 segmentation: Segmentation = Segmentation(), rmvpe_padding: str = "reflect"):
+                 segmentation: Segmentation = Segmentation(), rmvpe_padding: str = "reflect",
+                 precision: str = "auto"):
+        """``precision``: "float32", "float16", "bfloat16" (GPU back ends) or "auto" (`rvc_mlx.precision`);
+        the models' weights are cast in place to it here, once (an RMVPE given as a path, or the models
+        directory's, is loaded privately on first use and cast)."""
         from rvc_mlx.models.hubert import HubertModel
+        from rvc_mlx.models.rmvpe import RMVPE
+        from rvc_mlx.precision import cast_model, resolve_precision
 
         self.synthesizer = synthesizer
         self.config = synthesizer.config
@@ -77,6 +83,12 @@ class VoiceConverter:
         self.rmvpe = rmvpe  # an RMVPE model, a path, or None for the models directory's rmvpe.pt
         self.segmentation = segmentation
         self.rmvpe_padding = rmvpe_padding
+        self.precision = resolve_precision(precision)  # "float32", "float16" or "bfloat16"
+        self._rmvpe_cast = None  # a half-precision copy of the RMVPE at `rmvpe` (a path), loaded on first use
+        cast_model(synthesizer, self.precision)
+        cast_model(hubert, self.precision)
+        if isinstance(rmvpe, RMVPE):
+            cast_model(rmvpe, self.precision)
         width = hubert.config.final_proj_size if self.config.version == "v1" else hubert.config.hidden_size
         if width != self.config.content_channels:
             raise RVCError(
@@ -89,20 +101,24 @@ class VoiceConverter:
 
     @classmethod
     def load(cls, voice, *, hubert=None, rmvpe=None, index=None, index_mode: str = "exact",
-             segmentation: Segmentation = Segmentation(), rmvpe_padding: str = "reflect"):
+             segmentation: Segmentation = Segmentation(), rmvpe_padding: str = "reflect",
+             precision: str = "auto"):
         """Load from files: ``voice`` (.pth or native), ``hubert`` (default: models dir's
         hubert_base.pt), ``rmvpe`` (default: models dir's rmvpe.pt, loaded on first use), ``index``
-        (.index; default: the vectors stored in a native voice file, if any)."""
+        (.index; default: the vectors stored in a native voice file, if any). ``precision``: as in
+        ``VoiceConverter(...)``, checked before anything is read."""
         from rvc_mlx.checkpoints.hubert import load_hubert
         from rvc_mlx.checkpoints.voice import load_voice, stored_index
         from rvc_mlx.index import FeatureIndex
         from rvc_mlx.paths import default_model_path
+        from rvc_mlx.precision import resolve_precision
 
+        resolve_precision(precision)  # a bad precision fails before the files are read
         synthesizer = load_voice(voice)
         encoder = load_hubert(hubert or default_model_path("hubert_base.pt"))
         feature_index = FeatureIndex.load(index) if index is not None else stored_index(voice)
         return cls(synthesizer, encoder, index=feature_index, index_mode=index_mode, rmvpe=rmvpe,
-                   segmentation=segmentation, rmvpe_padding=rmvpe_padding)
+                   segmentation=segmentation, rmvpe_padding=rmvpe_padding, precision=precision)
 
     # -- public entry points -------------------------------------------------------------------
 
@@ -197,7 +213,8 @@ class VoiceConverter:
         method = options.f0_method
         rate = steps.ANALYSIS_SAMPLE_RATE
         if method == "rmvpe":
-            f0 = estimate_f0(padded, rate, method="rmvpe", model=self.rmvpe, mel_padding=self.rmvpe_padding)
+            f0 = estimate_f0(padded, rate, method="rmvpe", model=self._rmvpe_model(),
+                             mel_padding=self.rmvpe_padding)
         elif method == "pm":
             f0 = estimate_f0(padded, rate, method="pm", frames=p_len)
         elif method == "harvest":
@@ -207,11 +224,30 @@ class VoiceConverter:
         f0 = np.asarray(f0, dtype=np.float64 if method in ("pm", "harvest") else np.float32)
         return f0 * pow(2, options.pitch_shift / 12)
 
+    def _rmvpe_model(self):
+        """The RMVPE to run: ``self.rmvpe`` as given at float32 (a path goes to `estimate_f0`'s shared
+        cache); at a half precision a path's model is loaded once for this converter and cast."""
+        from rvc_mlx.models.rmvpe import RMVPE
+
+        if self.precision == "float32" or isinstance(self.rmvpe, RMVPE):
+            return self.rmvpe
+        if self._rmvpe_cast is None:
+            from rvc_mlx.checkpoints.rmvpe import load_rmvpe
+            from rvc_mlx.paths import default_model_path
+            from rvc_mlx.precision import cast_model
+
+            path = self.rmvpe if self.rmvpe is not None else default_model_path("rmvpe.pt")
+            if not os.path.isfile(path):
+                raise CheckpointError(path, "RMVPE weights not found (run `rvc-mlx download` or pass rmvpe=)")
+            self._rmvpe_cast = cast_model(load_rmvpe(path), self.precision)
+        return self._rmvpe_cast
+
     def _convert_chunk(self, chunk: np.ndarray, pitch, f0, options: ConversionOptions) -> np.ndarray:
         """One chunk (16 kHz, float64, padded by ``pad_seconds`` each side) -> model-rate audio with
         that padding trimmed."""
         version = self.config.version
         feats = self.hubert.content_features(mx.array(chunk.astype(np.float32))[None], version)  # (1, T, C)
+        feats = feats.astype(mx.float32)  # retrieval and protect in float32 at any precision
         protect = options.protect < 0.5 and pitch is not None
         feats0 = feats if protect else None
         if self.index is not None and options.index_rate != 0:

@@ -235,7 +235,8 @@ class UNet(nn.Module):
         own level (plus the stage's halo), which bounds the temporaries; ``None``: no slabs."""
         b, t, f = mel.shape
         halo = 2 * self.n_blocks  # each residual block is two 3x3 convs: one frame of reach each
-        x = mel[..., None] * self.input_scale + self.input_shift  # (B, T, F, 1)
+        x = mel[..., None] * self.input_scale + self.input_shift  # (B, T, F, 1), float32
+        x = x.astype(self.head.weight.dtype)  # the U-Net's compute dtype (float32 or half)
         skips = []
         for stage in self.encoder:
             x = _slabbed(stage, (x,), halo, slab_frames)
@@ -343,7 +344,7 @@ class RMVPE(nn.Module):
     def __call__(self, mel: mx.array, chunk_frames: int | None = None) -> mx.array:
         """Salience (B, T, 360) from a padded log-mel (B, T, 128), T a multiple of 32."""
         feats = self.unet_features(mel, chunk_frames)  # (B, T, 384)
-        return mx.sigmoid(self.fc(self.gru(feats)))  # (B, T, 360)
+        return mx.sigmoid(self.fc(self.gru(feats)).astype(mx.float32))  # (B, T, 360) float32
 
 
 def pad_frames(mel: mx.array, mode: str = "reflect") -> mx.array:

@@ -249,6 +249,11 @@ class Synthesizer(nn.Module):
         self.flow = ResidualCouplingBlock(c.inter_channels, c.hidden_channels, c.gin_channels)
         self.emb_g = nn.Embedding(c.spk_embed_dim, c.gin_channels)
 
+    @property
+    def dtype(self) -> mx.Dtype:
+        """The dtype the network computes in (its weights'; `rvc_mlx.precision.cast_model` sets it)."""
+        return self.enc_p.emb_phone.weight.dtype
+
     def synthesize(
         self,
         content: mx.array,
@@ -265,7 +270,8 @@ class Synthesizer(nn.Module):
     ) -> Synthesis:
         """Run the voice; like `infer` but returning the latents too."""
         c = self.config
-        content = mx.array(content).astype(mx.float32)
+        dtype = self.dtype
+        content = mx.array(content).astype(dtype)
         if content.ndim != 3 or content.shape[-1] != c.content_channels:
             raise ValueError(f"content must be (B, T, {c.content_channels}), got {tuple(content.shape)}")
         b, t, _ = content.shape
@@ -293,7 +299,7 @@ class Synthesizer(nn.Module):
             None if a is None else mx.array(a).astype(mx.float32) for a in (noise, sine_noise, rand_phase)
         )
         if deterministic:
-            noise = mx.zeros((b, t, c.inter_channels)) if noise is None else noise
+            noise = mx.zeros((b, t, c.inter_channels), dtype) if noise is None else noise
         elif noise is None or (c.f0 and sine_noise is None) or (c.f0 and rand_phase is None):
             keys = mx.random.split(key, 3) if key is not None else [None] * 3
             if noise is None:
@@ -304,13 +310,14 @@ class Synthesizer(nn.Module):
                 rand_phase = mx.random.uniform(shape=(b, 1), key=keys[2])
         if tuple(noise.shape) != (b, t, c.inter_channels):
             raise ValueError(f"noise must be (B, T, {c.inter_channels}), got {tuple(noise.shape)}")
+        noise = noise.astype(dtype)
 
         g = self.emb_g(sid)[:, None, :]  # (B, 1, gin)
         m_p, logs_p, mask = self.enc_p(content, pitch, lengths)
         z_p = (m_p + mx.exp(logs_p) * noise * LATENT_NOISE_SCALE) * mask
         z = self.flow.reverse(z_p, mask, g)
         audio = self.dec(z * mask, g, f0_hz, sine_noise, rand_phase)  # (B, T·hop, 1)
-        return Synthesis(audio[..., 0], z, z_p, m_p, logs_p, mask)
+        return Synthesis(audio[..., 0].astype(mx.float32), z, z_p, m_p, logs_p, mask)
 
     def infer(
         self,

@@ -68,7 +68,7 @@ def _masked_softmax(scores: mx.array, pair: mx.array) -> mx.array:
     """Softmax over keys of scores (B, H, T, T) with pairs outside `pair` (B, 1, T, T) set to −1e4 first."""
     if mx.default_device() == mx.cpu and scores.dtype == mx.float32:
         return _masked_softmax_cpu(scores, pair)
-    return mx.softmax(mx.where(pair, scores, -1e4), axis=-1)
+    return mx.softmax(mx.where(pair, scores, -1e4), axis=-1, precise=True)  # half: float32 sums
 
 
 class MultiHeadAttention(nn.Module):
@@ -135,7 +135,8 @@ class MultiHeadAttention(nn.Module):
             pair = key_mask[:, None, first : first + rows, None] & key_mask[:, None, None, :]  # (B,1,rows,T)
             p_attn = _masked_softmax(scores, pair)
         else:
-            p_attn = softmax(scores)  # (B, H, rows, T)
+            half = scores.dtype != mx.float32  # half precision: float32 sums
+            p_attn = mx.softmax(scores, axis=-1, precise=True) if half else softmax(scores)
         out = p_attn @ v  # (B, H, rows, d)
         banded = mx.take_along_axis(p_attn, mx.broadcast_to(abs_of_rel, (b, h, rows, 2 * w + 1)), axis=-1)
         banded = mx.where(rel_valid, banded, 0.0)  # (B, H, rows, 2W+1): weight of relative slot r
