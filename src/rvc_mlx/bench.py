@@ -140,16 +140,29 @@ class StageTimer:
     """Wraps the methods a ``VoiceConverter`` calls for each stage (on the converter's own objects) so each
     stage's time accumulates in ``seconds`` and its peak memory (MLX and host RSS, MiB) in ``mlx_mb`` and
     ``rss_mb``; MLX results are evaluated before a stage's clock stops. Between ``begin()`` and ``end()``
-    the time and memory outside the wrapped stages go to "rest"."""
+    the time and memory outside the wrapped stages go to "rest". ``extra``: more (object, attribute,
+    stage) targets, e.g. functions of ``rvc_mlx.signal_steps``; ``close()`` puts every original back."""
 
-    def __init__(self, converter):
+    def __init__(self, converter, extra: tuple = ()):
         self.probe = MemoryProbe()
-        self.begin()
         targets = [(converter, "_f0", "f0"), (converter.hubert, "content_features", "hubert"),
-                   (converter.index, "blend", "retrieval"), (converter.synthesizer, "infer", "synth")]
+                   (converter.index, "blend", "retrieval"), (converter.synthesizer, "infer", "synth"),
+                   *extra]
+        self.stages = (*STAGES[:-1], *(stage for _, _, stage in extra), "rest")
+        self.begin()
+        self._originals = []
         for obj, name, stage in targets:
             if obj is not None:  # object.__setattr__: an instance attribute, past mlx.nn.Module's own setattr
+                self._originals.append((obj, name, obj.__dict__.get(name)))
                 object.__setattr__(obj, name, self._timed(getattr(obj, name), stage))
+
+    def close(self) -> None:
+        for obj, name, original in self._originals:
+            if original is None:
+                object.__delattr__(obj, name)
+            else:
+                object.__setattr__(obj, name, original)
+        self._originals = []
 
     def _fold(self, stage: str) -> None:
         mlx_mb, rss_mb = self.probe.stop()
@@ -174,8 +187,8 @@ class StageTimer:
         return timed
 
     def begin(self) -> None:
-        self.seconds = dict.fromkeys(STAGES[:-1], 0.0)
-        self.mlx_mb, self.rss_mb = dict.fromkeys(STAGES, 0.0), dict.fromkeys(STAGES, 0.0)
+        self.seconds = dict.fromkeys(self.stages[:-1], 0.0)
+        self.mlx_mb, self.rss_mb = dict.fromkeys(self.stages, 0.0), dict.fromkeys(self.stages, 0.0)
         self.probe.start()
 
     def end(self) -> dict:
