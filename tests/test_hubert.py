@@ -219,8 +219,49 @@ def test_lengths_and_batch(small):
                      _hidden_states(small["model"], batch)[9]) <= TOL
 
 
-def test_full_size_base_model():
-    """The real HuBERT-base size (95M parameters: 512 conv channels, 768 wide, 12 heads, FFN 3072)."""
+@pytest.fixture
+def many_lanes(monkeypatch):
+    """The CPU path with 3 lanes on short inputs and query blocks of a few rows (several per lane)."""
+    from rvc_mlx.models import hubert
+
+    streams = [mx.new_stream(mx.cpu) for _ in range(3)]
+    monkeypatch.setattr(hubert, "cpu_streams", lambda: streams)
+    monkeypatch.setattr(hubert, "LANE_MIN_FRAMES", 8)
+    monkeypatch.setattr(hubert, "QUERY_BLOCK_ELEMENTS", 1)
+    monkeypatch.setattr(hubert, "QUERY_BLOCK_MIN_ROWS", 5)
+    return hubert
+
+
+def test_cpu_lanes_and_plain_path(small, many_lanes):
+    """The CPU path cut into 3 lanes (GroupNorm statistics shared, context at the lane edges, keys shared by
+    the lanes' query blocks), a batch of two, and the plain-MLX path, all against transformers."""
+    from rvc_mlx.models.conv import conv_impl, use_cpu_path
+
+    ours = load_hubert(small["dir"] / "hubert.safetensors")
+    assert use_cpu_path() and many_lanes._lane_bounds(49, many_lanes.cpu_streams()) == [0, 16, 32, 49]
+    for n in (1, 6, 12):
+        assert _max_diff(ours.extract_features(small["audio"], output_layer=n), small["ref"][n]) <= TOL, n
+    batch = np.stack([small["audio"][:12000], 0.5 * small["audio"][4000:]])
+    ref = _hidden_states(small["model"], batch)[12]
+    assert ref.shape[1] == 37
+    assert _max_diff(ours.extract_features(batch), ref) <= TOL
+    x = small["audio"][:8123]  # 25 frames: 3 lanes of 8-9 frames, the last conv window ending early
+    assert _max_diff(ours.extract_features(x), _hidden_states(small["model"], x)[12]) <= TOL
+    with conv_impl("mlx"):
+        assert not use_cpu_path()
+        for n in (1, 12):
+            assert _max_diff(ours.extract_features(small["audio"], output_layer=n), small["ref"][n]) <= TOL
+        assert _max_diff(ours.extract_features(batch), ref) <= TOL
+
+
+@pytest.mark.parametrize("path", ["cpu", "mlx"])
+def test_full_size_base_model(path, request):
+    """The real HuBERT-base size (95M parameters: 512 conv channels, 768 wide, 12 heads, FFN 3072), on the
+    CPU path in 3 lanes and on the plain-MLX path."""
+    from rvc_mlx.models.conv import conv_impl
+
+    if path == "cpu":
+        request.getfixturevalue("many_lanes")
     ref_model = _reference_model(3)
     audio = _audio(1.0, seed=2)
     ref = _hidden_states(ref_model, audio)
@@ -232,8 +273,9 @@ def test_full_size_base_model():
 
     ours = HubertModel(config)
     load_strict(ours, {k: mx.array(v) for k, v in weights.items()}, None)
-    for n in (9, 12):
-        assert _max_diff(ours.extract_features(audio, output_layer=n), ref[n]) <= TOL
+    with conv_impl("gemm" if path == "cpu" else "mlx"):
+        for n in (9, 12):
+            assert _max_diff(ours.extract_features(audio, output_layer=n), ref[n]) <= TOL
 
 
 def test_hubert_prefix_and_both_weight_norm_names(small):
@@ -323,3 +365,30 @@ def test_gelu_and_attention_kernels(rng):
     for ours in (attention(mx.array(q), mx.array(k), mx.array(v), 0.3),
                  mx.fast.scaled_dot_product_attention(mx.array(q), mx.array(k), mx.array(v), scale=0.3)):
         assert _max_diff(ours, ref.numpy()) <= 1e-5
+
+
+def test_inplace_numpy_kernels(rng):
+    """The CPU path's in-place numpy GELU (plain and after a per-channel affine) and softmax against torch;
+    the GELU equals the MLX rational form bit for bit, and both write into an MLX array's own buffer."""
+    from rvc_mlx.models.activations import gelu_inplace_np, softmax_inplace_np
+    from rvc_mlx.models.hubert import gelu
+
+    x = np.concatenate([np.linspace(-12, 12, 20001), rng.standard_normal(40002) * 3]).astype(np.float32)
+    x = x.reshape(-1, 3)[:, None]  # (R, 1, 3): rows over several blocks, a short channel axis
+    ours = mx.array(x)
+    mx.eval(ours)
+    gelu_inplace_np(np.asarray(ours))  # in place: `ours` now holds GELU(x)
+    assert np.array_equal(np.array(ours), np.array(gelu(mx.array(x))))
+    ref = torch.nn.functional.gelu(torch.from_numpy(x).double()).numpy()
+    assert np.max(np.abs(np.array(ours) - ref) / np.maximum(np.abs(ref), 1.0)) <= 1e-6
+    shift, scale, bias = (rng.standard_normal(3).astype(np.float32) for _ in range(3))
+    y = x.copy()
+    gelu_inplace_np(y, shift, scale, bias)
+    ref = torch.nn.functional.gelu(torch.from_numpy((x - shift) * scale + bias).double()).numpy()
+    assert np.max(np.abs(y - ref) / np.maximum(np.abs(ref), 1.0)) <= 1e-6
+    s = (rng.standard_normal((2, 3, 37, 50)) * 8).astype(np.float32)
+    ours = mx.array(s)
+    mx.eval(ours)
+    softmax_inplace_np(np.asarray(ours))
+    ref = torch.softmax(torch.from_numpy(s).double(), dim=-1).numpy()
+    assert _max_diff(ours, ref) <= 1e-6 and _max_diff(ours, s) > 0.1
