@@ -115,9 +115,23 @@ def _load(root: Path, manifest: dict, precision: str):
     from rvc_mlx.pipeline import VoiceConverter
 
     index = FeatureIndex.load(root / manifest["index"]) if manifest.get("index") else None
-    return VoiceConverter(load_voice(root / manifest["voice"]), load_hubert(root / manifest["hubert"]),
+    converter = VoiceConverter(load_voice(root / manifest["voice"]), load_hubert(root / manifest["hubert"]),
                           index=index, index_mode="ivf", rmvpe=load_rmvpe(root / manifest["rmvpe"]),
                           rmvpe_padding="constant", precision=precision)
+    if precision != "float32":  # HuBERT's CPU fast path is float32-only: its plain-MLX path (the GPU's)
+        features = _plain_mlx(converter.hubert.content_features)
+        object.__setattr__(converter.hubert, "content_features", features)
+    return converter
+
+
+def _plain_mlx(fn):
+    from rvc_mlx.models.conv import conv_impl
+
+    def plain(*args, **kwargs):
+        with conv_impl("mlx"):
+            return fn(*args, **kwargs)
+
+    return plain
 
 
 def _np(x) -> np.ndarray:

@@ -72,7 +72,7 @@ def test_cli_precision_flag(monkeypatch, tmp_path, capsys):
     from rvc_mlx.cli import build_parser, main
 
     monkeypatch.delenv(CPU_HALF_ENV, raising=False)
-    assert build_parser().parse_args(["infer", "-m", "m", "-i", "i", "-o", "o"]).precision == "auto"
+    assert build_parser().parse_args(["infer", "-m", "m", "-i", "i", "-o", "o"]).precision == "float32"
     code = main(["infer", "-m", str(tmp_path / "missing.pth"), "-i", str(SPEECH), "-o",
                  str(tmp_path / "out.wav"), "--precision", "float16"])
     assert code == 2

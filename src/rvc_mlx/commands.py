@@ -56,7 +56,7 @@ def run_infer(args) -> int:
         check_output_path(src, dst)
     options = _options_from_args(args)
     converter = VoiceConverter.load(args.model, hubert=args.hubert, rmvpe=args.rmvpe, index=args.index,
-                                    index_mode=args.index_mode, precision=getattr(args, "precision", "auto"))
+                                    index_mode=args.index_mode, precision=args.precision)
     failures: list[tuple[str, str]] = []
     show_bar = len(jobs) > 1 and sys.stderr.isatty()
     for src, dst in tqdm(jobs, desc="converting", unit="file", disable=not show_bar):

@@ -67,7 +67,7 @@ class VoiceConverter:
 
     def __init__(self, synthesizer, hubert, *, index=None, index_mode: str = "exact", rmvpe=None,
                  segmentation: Segmentation = Segmentation(), rmvpe_padding: str = "reflect",
-                 precision: str = "auto"):
+                 precision: str = "float32"):
         """``precision``: "float32", "float16", "bfloat16" (GPU back ends) or "auto" (`rvc_mlx.precision`);
         the models' weights are cast in place to it here, once (an RMVPE given as a path, or the models
         directory's, is loaded privately on first use and cast)."""
@@ -102,7 +102,7 @@ class VoiceConverter:
     @classmethod
     def load(cls, voice, *, hubert=None, rmvpe=None, index=None, index_mode: str = "exact",
              segmentation: Segmentation = Segmentation(), rmvpe_padding: str = "reflect",
-             precision: str = "auto"):
+             precision: str = "float32"):
         """Load from files: ``voice`` (.pth or native), ``hubert`` (default: models dir's
         hubert_base.pt), ``rmvpe`` (default: models dir's rmvpe.pt, loaded on first use), ``index``
         (.index; default: the vectors stored in a native voice file, if any). ``precision``: as in
