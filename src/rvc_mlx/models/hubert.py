@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 
@@ -118,6 +119,10 @@ class StridedConv(nn.Module):
         self.weight = mx.zeros((out_channels, kernel_size, in_channels))
 
     def __call__(self, x: mx.array) -> mx.array:
+        return self.frames(x) @ self.weight.reshape(self.weight.shape[0], -1).T  # (B, n, C_out)
+
+    def frames(self, x: mx.array) -> mx.array:
+        """Each output's input taps side by side: (B, T, C_in) -> (B, n, K·C_in)."""
         b, t, c = x.shape
         k, s = self.kernel_size, self.stride
         n = (t - k) // s + 1
@@ -130,7 +135,11 @@ class StridedConv(nn.Module):
             # Tap i of every frame is x[i], x[i + S], ...: K strided slices side by side.
             last = s * (n - 1) + 1
             frames = mx.concatenate([x[:, i : i + last : s] for i in range(k)], axis=-1)  # (B, n, K*C)
-        return frames @ self.weight.reshape(self.weight.shape[0], -1).T  # (B, n, C_out)
+        return frames
+
+    def frame_weight(self) -> mx.array:
+        """The weight as one (K·C_in, C_out) matrix for `frames`, built once."""
+        return _cached(self, lambda w: mx.contiguous(w.reshape(w.shape[0], -1).T), "_frame_weight")
 
     def _block_weights(self) -> list[mx.array]:
         """Per block of S taps (the last may hold fewer, r): its (r·C_in, C_out) matrix, built once."""
@@ -350,12 +359,25 @@ class HubertModel(nn.Module):
 # the calling thread, while the streams go on with the other lane's matmuls (`_drive`).
 
 
+_USE_POOL = True
+_numpy_workers: list = []  # CPU path: the thread pool that runs the lanes' numpy passes (made on first use)
+
+
+def _numpy_pool(size: int) -> ThreadPoolExecutor:
+    """Threads for the lanes' in-place numpy passes (numpy's ufuncs and reductions release the GIL)."""
+    if not _numpy_workers or _numpy_workers[0]._max_workers < size:
+        _numpy_workers[:] = [ThreadPoolExecutor(size, thread_name_prefix="rvc-mlx-numpy")]
+    return _numpy_workers[0]
+
+
 def _drive(lanes: list, streams: list) -> list:
     """Run lane generators side by side, lane k's MLX work on streams[k] -> their return values.
 
     A lane yields (array, fn): the array is evaluated (queued with `async_eval` as soon as it is yielded),
     then fn(numpy view of its buffer) rewrites it in place and fn's result is sent back to the lane. The
-    array must be a fresh op output (a matmul or a concatenation) that nothing else shares.
+    array must be a fresh op output (a matmul or a concatenation) that nothing else shares. The lanes step
+    together: each lane's fn runs on a worker thread as soon as its array is ready, so the numpy passes of
+    the lanes run in parallel (and beside the matmuls still queued), while MLX is called from this thread.
     """
     current: list = [None] * len(lanes)
     results: list = [None] * len(lanes)
@@ -371,14 +393,18 @@ def _drive(lanes: list, streams: list) -> list:
 
     for k in range(len(lanes)):
         advance(k, None)
+    pool = _numpy_pool(len(lanes)) if len(lanes) > 1 and _USE_POOL else None
     while any(c is not None for c in current):
+        pending = {}
         for k, item in enumerate(current):
             if item is not None:
                 array, fn = item
                 mx.eval(array)
                 view = np.asarray(array)
                 assert view.flags.c_contiguous and view.flags.writeable and view.dtype == np.float32
-                advance(k, fn(view))
+                pending[k] = pool.submit(fn, view) if pool else fn(view)
+        for k, value in pending.items():
+            advance(k, value.result() if pool else value)
     return results
 
 
@@ -392,44 +418,33 @@ def _frontend_cpu(model: HubertModel, samples: mx.array, bounds: list[int], stre
     """Conv stack, feature norm and projection per lane: samples (B, N) -> (B, T_k, C) for the output
     frames [bounds[k], bounds[k + 1]).
 
-    The first conv's GroupNorm needs statistics over all of its frames: lanes compute their share of the
-    sums, then normalise + GELU (numpy) and run the remaining convs on their own frame range plus context.
+    The first conv's GroupNorm needs the mean and variance over time of each channel of x = F·W (F: the
+    (B, t0, K) sample frames, W: (K, C)), which follow from the frames alone: mean = mean(F)·W and
+    var = diag(Wᵀ·cov(F)·W). GroupNorm(x) = (F − mean(F))·(W·scale) + bias is then one small GEMM per lane
+    (no statistics pass over the wide output, no normalising pass), followed by GELU (numpy); the remaining
+    convs run on the lane's own frame range plus context.
     """
     fe, cfg = model.feature_extractor, model.config
-    _, k0, s0 = cfg.conv_layers[0]
+    conv0, norm = fe.convs[0], fe.norm
     hop, window = 1, 1  # first-conv frames between / seen by consecutive outputs of the remaining convs
     for _, kernel, stride in reversed(cfg.conv_layers[1:]):
         window = (window - 1) * stride + kernel
         hop *= stride
-    t0 = (samples.shape[1] - k0) // s0 + 1  # first-conv frames
+    frames = conv0.frames(samples[:, :, None])  # (B, t0, K)
+    t0 = frames.shape[1]
+    centred = frames - mx.mean(frames, axis=1, keepdims=True)  # (B, t0, K)
+    w = conv0.frame_weight()  # (K, C)
+    cov = (centred.swapaxes(1, 2) @ centred) / t0  # (B, K, K)
+    var = mx.sum((cov @ w) * w, axis=1)  # (B, C): the biased variance of each channel of x over time
+    w_scaled = w * (mx.rsqrt(var + norm.eps) * norm.weight)[:, None, :]  # (B, K, C)
+    mx.eval(centred, w_scaled)
     n_lanes = len(bounds) - 1
-    firsts, uniques = [], []
-    for k in range(n_lanes):
-        lo = hop * bounds[k]
-        hi = t0 if k == n_lanes - 1 else hop * (bounds[k + 1] - 1) + window
-        with mx.stream(streams[k]):
-            part = samples[:, s0 * lo : s0 * (hi - 1) + k0, None]  # (B, samples, 1)
-            firsts.append(fe.convs[0].blocks(part))  # (B, hi - lo, C)
-        uniques.append((t0 if k == n_lanes - 1 else hop * bounds[k + 1]) - lo)  # rows no other lane counts
-    sums = []
-    for k in range(n_lanes):
-        with mx.stream(streams[k]):
-            sums.append(mx.sum(firsts[k][:, : uniques[k]], axis=1))  # (B, C)
-    mean = sum(sums) / t0  # (B, C)
-    squares = []
-    for k in range(n_lanes):
-        with mx.stream(streams[k]):
-            squares.append(mx.sum(mx.square(firsts[k][:, : uniques[k]] - mean[:, None]), axis=1))
-    scale = mx.rsqrt(sum(squares) / t0 + fe.norm.eps) * fe.norm.weight  # (B, C)
-    mean, scale, bias = (np.array(a) for a in (mean, scale, fe.norm.bias))
-
-    def norm_gelu(view):
-        for i in range(view.shape[0]):
-            gelu_inplace_np(view[i], mean[i], scale[i], bias)
 
     def lane(k: int):
-        x = firsts[k]
-        yield x, norm_gelu
+        lo = hop * bounds[k]
+        hi = t0 if k == n_lanes - 1 else hop * (bounds[k + 1] - 1) + window
+        x = centred[:, lo:hi] @ w_scaled + norm.bias  # (B, hi - lo, C): GroupNorm(conv0) of the lane's frames
+        yield x, gelu_inplace_np
         for conv in fe.convs[1:]:
             x = conv.blocks(x)
             yield x, gelu_inplace_np
