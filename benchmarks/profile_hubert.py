@@ -35,7 +35,7 @@ def _best(call, repeats: int) -> float:
     return min(times)
 
 
-def _side_torch(audio: np.ndarray, models_dir: Path, repeats: int) -> dict:
+def _side_torch(audio: np.ndarray, models_dir: Path, repeats: int, save: str) -> dict:
     sys.path.insert(0, str(HERE))
     import reference_worker
     import torch
@@ -44,10 +44,12 @@ def _side_torch(audio: np.ndarray, models_dir: Path, repeats: int) -> dict:
     manifest = json.loads((models_dir / "manifest.json").read_text())
     adapter = reference_worker.load_hubert(models_dir / manifest["hubert"], manifest, "cpu")
     source = torch.from_numpy(audio)
-    return {"total": _best(lambda: adapter.extract_features(source, None, 12), repeats)}
+    result = {"total": _best(lambda: adapter.extract_features(source, None, 12), repeats)}
+    np.save(save, adapter.extract_features(source, None, 12)[0].numpy())
+    return result
 
 
-def _side_ours(audio: np.ndarray, models_dir: Path, repeats: int, impl: str) -> dict:
+def _side_ours(audio: np.ndarray, models_dir: Path, repeats: int, impl: str, save: str) -> dict:
     import rvc_mlx  # noqa: F401  (the BLAS before mlx.core)
     import mlx.core as mx  # isort: skip
     from rvc_mlx.checkpoints.hubert import load_hubert  # isort: skip
@@ -58,6 +60,7 @@ def _side_ours(audio: np.ndarray, models_dir: Path, repeats: int, impl: str) -> 
     x = mx.array(audio)
     with conv.conv_impl("gemm" if impl == "cpu" else "mlx"):
         result = {"total": _best(lambda: mx.eval(net.extract_features(x, 12)), repeats)}
+        np.save(save, np.array(net.extract_features(x, 12)))
         if impl == "cpu":
             stages = {"front end": 0.0, "positional conv": 0.0, "layers": 0.0}
 
@@ -92,17 +95,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES))
     p.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     p.add_argument("--inputs", help=argparse.SUPPRESS)
+    p.add_argument("--save", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     models_dir = Path(a.models_dir)
     if a.side:
         audio = np.load(a.inputs)
-        out = (_side_torch(audio, models_dir, a.repeats) if a.side == "torch"
-               else _side_ours(audio, models_dir, a.repeats, a.side))
+        out = (_side_torch(audio, models_dir, a.repeats, a.save) if a.side == "torch"
+               else _side_ours(audio, models_dir, a.repeats, a.side, a.save))
         print(json.dumps(out))
         return 0
     from rvc_mlx.doctor import test_tone
 
-    lines = ["| audio | side | best total s | ÷ torch | stages (CPU path) s |", "|---:|---|---:|---:|---|"]
+    lines = ["| audio | side | best total s | ÷ torch | max abs diff to torch (rel.) | stages (CPU path) s |",
+             "|---:|---|---:|---:|---:|---|"]
     for seconds in a.seconds:
         inputs = Path(f"/tmp/profile_hubert_{seconds:g}s.npy")
         np.save(inputs, test_tone(seconds + 2)[None].astype(np.float32))
@@ -110,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(a.rounds):
             for side in a.sides:
                 cmd = [sys.executable, __file__, "--side", side, "--models-dir", str(models_dir),
-                       "--repeats", str(a.repeats), "--inputs", str(inputs)]
+                       "--repeats", str(a.repeats), "--inputs", str(inputs), "--save", f"{inputs}.{side}.npy"]
                 run = subprocess.run(cmd, check=True, capture_output=True, text=True)
                 result = json.loads(run.stdout.strip().splitlines()[-1])
                 print(seconds, side, result, flush=True)
@@ -119,8 +124,13 @@ def main(argv: list[str] | None = None) -> int:
         ref = best.get("torch", {}).get("total")
         for side, r in best.items():
             ratio = f"{r['total'] / ref:.2f}x" if ref else "–"
+            diff = "–"
+            if ref:
+                features, reference = np.load(f"{inputs}.{side}.npy"), np.load(f"{inputs}.torch.npy")
+                diff = np.max(np.abs(features - reference))
+                diff = f"{diff:.1e} ({diff / np.max(np.abs(reference)):.1e} rel.)"
             stages = ", ".join(f"{k} {v:.3f}" for k, v in r.items() if k != "total")
-            lines.append(f"| {seconds:g} s | {side} | {r['total']:.3f} | {ratio} | {stages} |")
+            lines.append(f"| {seconds:g} s | {side} | {r['total']:.3f} | {ratio} | {diff} | {stages} |")
     print("\n".join(lines))
     return 0
 
