@@ -67,8 +67,13 @@ def test_stft_magnitude_errors():
         dsp.stft_magnitude(mx.zeros((1, 4000)), 1024, 160, pad_mode="circular")
 
 
-def test_log_mel_equals_rmvpe_reference_mel():
+@pytest.mark.parametrize("frame_block", [None, 37])
+def test_log_mel_equals_rmvpe_reference_mel(monkeypatch, frame_block):
+    """In one block and in blocks of 37 frames (a long signal's route; the last block is short)."""
     from rvc.lib.rmvpe import MelSpectrogram
+
+    if frame_block is not None:
+        monkeypatch.setattr(dsp, "MEL_FRAME_BLOCK", frame_block)
 
     ref_mod = MelSpectrogram(False, 128, 16000, 1024, 160, None, 30, 8000)
     rng = np.random.default_rng(2)

@@ -165,6 +165,13 @@ def test_salience_and_f0_match_reference(full, our_salience, speech, mel_padding
     np.testing.assert_array_equal(rmvpe.decode(want_sal, 0.03), want_f0)
 
 
+def test_f0_from_audio_decodes_in_blocks(ours, our_salience, speech, monkeypatch):
+    """`f0_from_audio` decodes long salience in blocks of frames: the same f0 as one `decode` call."""
+    monkeypatch.setattr(rmvpe, "DECODE_BLOCK_FRAMES", 23)
+    got = rmvpe.f0_from_audio(ours, speech, mel_padding="reflect")
+    np.testing.assert_array_equal(got, rmvpe.decode(our_salience["reflect"], 0.03))
+
+
 def test_paddings_differ(our_salience):
     """The two frame paddings are not the same computation (the GRU sees the padded tail)."""
     assert np.max(np.abs(our_salience["reflect"] - our_salience["constant"])) > 1e-3

@@ -114,17 +114,26 @@ def _window(window: str, win_length: int, n_fft: int) -> mx.array:
     return mx.array(full.astype(np.float32))
 
 
-def _frame_indices(n_samples: int, n_fft: int, hop_length: int, center: bool, pad_mode: str) -> np.ndarray:
+def frame_count(n_samples: int, n_fft: int, hop_length: int, center: bool) -> int:
+    """Frames of an STFT of ``n_samples`` samples."""
+    pad = n_fft // 2 if center else 0
+    if n_samples + 2 * pad < n_fft:
+        raise ValueError(f"signal of {n_samples} samples is shorter than one frame of {n_fft}")
+    return 1 + (n_samples + 2 * pad - n_fft) // hop_length
+
+
+def _frame_indices(n_samples: int, n_fft: int, hop_length: int, center: bool, pad_mode: str,
+                   frames: range | None = None) -> np.ndarray:
     """(frames, n_fft) int32 indices into the signal, with the centre padding folded into the indices.
 
-    Index ``n_samples`` points to an appended zero (``pad_mode="constant"``).
+    ``frames``: which frames (default: all). Index ``n_samples`` points to an appended zero
+    (``pad_mode="constant"``).
     """
     pad = n_fft // 2 if center else 0
-    padded_len = n_samples + 2 * pad
-    if padded_len < n_fft:
-        raise ValueError(f"signal of {n_samples} samples is shorter than one frame of {n_fft}")
-    n_frames = 1 + (padded_len - n_fft) // hop_length
-    pos = (np.arange(n_frames)[:, None] * hop_length + np.arange(n_fft)[None, :]) - pad  # (frames, n_fft)
+    if frames is None:
+        frames = range(frame_count(n_samples, n_fft, hop_length, center))
+    starts = np.arange(frames.start, frames.stop)[:, None] * hop_length
+    pos = (starts + np.arange(n_fft)[None, :]) - pad  # (frames, n_fft)
     if pad:
         if pad_mode == "reflect":
             if n_samples <= pad:
@@ -148,13 +157,15 @@ def stft_magnitude(
     window: str = "hann",
     center: bool = True,
     pad_mode: str = "reflect",
+    frames: range | None = None,
 ) -> mx.array:
     """|STFT| as ``torch.stft(..., return_complex=True).abs()``.
 
     Args:
         x: (B, N) or (N,) float32 signal.
+        frames: compute only these frames (default: all, 1 + N // hop_length when ``center``).
     Returns:
-        (B, frames, n_fft // 2 + 1) float32, frames = 1 + N // hop_length when ``center``.
+        (B, frames, n_fft // 2 + 1) float32.
     """
     win_length = n_fft if win_length is None else win_length
     if win_length > n_fft:
@@ -164,7 +175,7 @@ def stft_magnitude(
         x = x[None]
     x = x.astype(mx.float32)
     n = x.shape[-1]
-    idx = _frame_indices(n, n_fft, hop_length, center, pad_mode)
+    idx = _frame_indices(n, n_fft, hop_length, center, pad_mode, frames)
     if center and pad_mode == "constant":
         x = mx.concatenate([x, mx.zeros((x.shape[0], 1), dtype=x.dtype)], axis=-1)
     frames = x[:, mx.array(idx)] * _window(window, win_length, n_fft)  # (B, frames, n_fft)
@@ -200,14 +211,27 @@ class MelConfig:
                               self.norm)
 
 
+MEL_FRAME_BLOCK = 8192  # frames per block of a long mel spectrogram (its frames and spectrum stay ~70 MB)
+
+
 def mel_spectrogram(x: mx.array, config: MelConfig) -> mx.array:
-    """Linear-magnitude mel spectrogram: (B, N) -> (B, frames, n_mels)."""
+    """Linear-magnitude mel spectrogram: (B, N) -> (B, frames, n_mels).
+
+    Long signals go in blocks of `MEL_FRAME_BLOCK` frames, each evaluated before the next is built, so the
+    framed signal and its spectrum never exist whole (frames are independent: the result is the same)."""
     fmax = config.sample_rate / 2.0 if config.fmax is None else config.fmax
     basis = _mel_basis_mx(int(config.sample_rate), int(config.n_fft), int(config.n_mels), float(config.fmin),
                           float(fmax), bool(config.htk), config.norm)
-    mag = stft_magnitude(x, config.n_fft, config.hop_length, config.win_length, "hann", config.center,
-                         config.pad_mode)  # (B, frames, n_freqs)
-    return mag @ basis  # (B, frames, n_mels)
+    total = frame_count(x.shape[-1], config.n_fft, config.hop_length, config.center)
+    blocks = []
+    for first in range(0, total, MEL_FRAME_BLOCK):
+        frames = range(first, min(first + MEL_FRAME_BLOCK, total))
+        mag = stft_magnitude(x, config.n_fft, config.hop_length, config.win_length, "hann", config.center,
+                             config.pad_mode, frames)  # (B, frames, n_freqs)
+        blocks.append(mag @ basis)  # (B, frames, n_mels)
+        if total > MEL_FRAME_BLOCK:
+            mx.eval(blocks[-1])
+    return blocks[0] if len(blocks) == 1 else mx.concatenate(blocks, axis=1)
 
 
 def log_mel_spectrogram(x: mx.array, config: MelConfig) -> mx.array:

@@ -36,6 +36,7 @@ N_MELS = 128  # mel bands (fixed by the GRU input size 3 * 128)
 CENTS_OFFSET = 1997.3794084376191  # cents of bin 0 (relative to 10 Hz)
 CENTS_PER_BIN = 20  # bin spacing
 DEFAULT_THRESHOLD = 0.03  # a frame whose best salience is <= this is unvoiced
+DECODE_BLOCK_FRAMES = 16384  # frames decoded at a time by `f0_from_audio`
 FRAME_MULTIPLE = 32  # frames are padded to a multiple of this (2 ** number of pooling levels)
 MEL_PADDINGS = ("reflect", "constant")  # how the frame padding is filled: WebUI/Applio, rvc 0.3.5
 
@@ -398,5 +399,8 @@ def salience_from_audio(model: RMVPE, audio: np.ndarray, mel_padding: str = "ref
 
 def f0_from_audio(model: RMVPE, audio: np.ndarray, threshold: float = DEFAULT_THRESHOLD,
                   mel_padding: str = "reflect", chunk_frames: int | None = None) -> np.ndarray:
-    """16 kHz mono audio (N,) -> f0 in Hz at 100 frames/s, (1 + N // 160,) float64, 0 where unvoiced."""
-    return decode(salience_from_audio(model, audio, mel_padding, chunk_frames), threshold)
+    """16 kHz mono audio (N,) -> f0 in Hz at 100 frames/s, (1 + N // 160,) float64, 0 where unvoiced.
+    Decoded in blocks of frames (each frame's decoding is its own), bounding the decoder's temporaries."""
+    salience = salience_from_audio(model, audio, mel_padding, chunk_frames)
+    starts = range(0, len(salience), DECODE_BLOCK_FRAMES)
+    return np.concatenate([decode(salience[i : i + DECODE_BLOCK_FRAMES], threshold) for i in starts])
