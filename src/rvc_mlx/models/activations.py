@@ -1,12 +1,15 @@
 """Element-wise functions written from multiplies and adds, for MLX's CPU back end.
 
 MLX's CPU transcendental functions (exp, erf) are scalar and slow on x86 (exp ~20 ns per element, ~50x an
-add); these polynomial forms vectorise, and they are accurate to a few float32 ulp.
+add); these polynomial forms vectorise, and they are accurate to a few float32 ulp. At the end: in-place numpy
+forms (GELU, softmax) for evaluated buffers, and `drive_lanes`, which interleaves such numpy passes with MLX
+work queued on several CPU streams.
 """
 
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import mlx.core as mx
 import numpy as np
@@ -162,3 +165,51 @@ def exp_shifted_inplace_np(x):
     np.subtract(x, np.max(x, axis=-1, keepdims=True), out=x)
     np.exp(x, out=x)
     return np.sum(x, axis=-1, keepdims=True)
+
+
+_numpy_workers: list = []  # CPU path: the thread pool that runs the lanes' numpy passes (made on first use)
+
+
+def _numpy_pool(size: int) -> ThreadPoolExecutor:
+    """Threads for the lanes' in-place numpy passes (numpy's ufuncs and reductions release the GIL)."""
+    if not _numpy_workers or _numpy_workers[0]._max_workers < size:
+        _numpy_workers[:] = [ThreadPoolExecutor(size, thread_name_prefix="rvc-mlx-numpy")]
+    return _numpy_workers[0]
+
+
+def drive_lanes(lanes: list, streams: list) -> list:
+    """Run lane generators side by side, lane k's MLX work on streams[k] -> their return values.
+
+    A lane yields (array, fn): the array is evaluated (queued with `async_eval` as soon as it is yielded),
+    then fn(numpy view of its buffer) rewrites it in place and fn's result is sent back to the lane. The
+    array must be a fresh op output (a matmul or a concatenation) that nothing else shares. The lanes step
+    together: each lane's fn runs on a worker thread as soon as its array is ready, so the numpy passes of
+    the lanes run in parallel (and beside the matmuls still queued), while MLX is called from this thread.
+    """
+    current: list = [None] * len(lanes)
+    results: list = [None] * len(lanes)
+
+    def advance(k: int, value) -> None:
+        with mx.stream(streams[k]):
+            try:
+                current[k] = lanes[k].send(value)
+            except StopIteration as done:
+                current[k], results[k] = None, done.value
+                return
+            mx.async_eval(current[k][0])
+
+    for k in range(len(lanes)):
+        advance(k, None)
+    pool = _numpy_pool(len(lanes)) if len(lanes) > 1 else None
+    while any(c is not None for c in current):
+        pending = {}
+        for k, item in enumerate(current):
+            if item is not None:
+                array, fn = item
+                mx.eval(array)
+                view = np.asarray(array)
+                assert view.flags.c_contiguous and view.flags.writeable and view.dtype == np.float32
+                pending[k] = pool.submit(fn, view) if pool else fn(view)
+        for k, value in pending.items():
+            advance(k, value.result() if pool else value)
+    return results

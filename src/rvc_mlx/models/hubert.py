@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 
@@ -34,7 +33,7 @@ import mlx.nn as nn
 import numpy as np
 
 from rvc_mlx.errors import AudioError
-from rvc_mlx.models.activations import erf_gelu, exp_arith, exp_shifted_inplace_np, gelu_inplace_np
+from rvc_mlx.models.activations import drive_lanes, erf_gelu, exp_shifted_inplace_np, gelu_inplace_np
 from rvc_mlx.models.conv import _cached, cpu_streams, use_cpu_path
 from rvc_mlx.pitch import PITCH_SAMPLE_RATE as SAMPLE_RATE  # (the only rate HuBERT accepts)
 
@@ -56,17 +55,8 @@ def _normalize_gelu(x: mx.array, mean: mx.array, scale: mx.array, bias: mx.array
     return erf_gelu((x - mean) * scale + bias)
 
 
-@mx.compile
-def _softmax_cpu(scores: mx.array) -> mx.array:
-    """Softmax over the last axis with the arithmetic exp (MLX's CPU exp is the attention's bottleneck)."""
-    e = exp_arith(scores - mx.max(scores, axis=-1, keepdims=True))
-    return e / mx.sum(e, axis=-1, keepdims=True)
-
-
 def attention(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.array:
-    """softmax(q k^T * scale) v: q, k, v (B, H, T, D) -> (B, H, T, D)."""
-    if mx.default_device().type == mx.cpu and q.dtype == mx.float32:
-        return _softmax_cpu((q * scale) @ k.swapaxes(-1, -2)) @ v  # scores (B, H, T, T)
+    """softmax(q k^T * scale) v: q, k, v (B, H, T, D) -> (B, H, T, D) (the CPU path: `_layer_cpu`)."""
     return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale)
 
 
@@ -105,11 +95,9 @@ class HubertConfig:
 
 
 class StridedConv(nn.Module):
-    """Conv1d without bias or padding, kernel K, stride S, as framing + one matmul.
+    """Conv1d without bias or padding, kernel K, stride S, as one GEMM per block of S taps (`blocks`).
 
     weight: (C_out, K, C_in). Input (B, T, C_in) -> output (B, (T - K) // S + 1, C_out).
-    One GEMM over whole frames uses the weight as stored; for HuBERT's kernel-3 stride-2 layers this
-    measured ~15% less CPU time than the tap-wise path of `rvc_mlx.models.conv.Conv1d`.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int):
@@ -119,23 +107,13 @@ class StridedConv(nn.Module):
         self.weight = mx.zeros((out_channels, kernel_size, in_channels))
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.frames(x) @ self.weight.reshape(self.weight.shape[0], -1).T  # (B, n, C_out)
+        return self.blocks(x)  # (B, n, C_out)
 
     def frames(self, x: mx.array) -> mx.array:
         """Each output's input taps side by side: (B, T, C_in) -> (B, n, K·C_in)."""
-        b, t, c = x.shape
-        k, s = self.kernel_size, self.stride
-        n = (t - k) // s + 1
-        if k % s == 0:
-            # Whole blocks of S samples: frame j = blocks j .. j + K/S - 1, concatenated.
-            m = k // s
-            blocks = x[:, : s * (n + m - 1)].reshape(b, n + m - 1, s * c)  # (B, n + m - 1, S*C)
-            frames = blocks if m == 1 else mx.concatenate([blocks[:, i : i + n] for i in range(m)], axis=-1)
-        else:
-            # Tap i of every frame is x[i], x[i + S], ...: K strided slices side by side.
-            last = s * (n - 1) + 1
-            frames = mx.concatenate([x[:, i : i + last : s] for i in range(k)], axis=-1)  # (B, n, K*C)
-        return frames
+        n = (x.shape[1] - self.kernel_size) // self.stride + 1
+        last = self.stride * (n - 1) + 1  # tap i of every frame is x[i], x[i + S], ...
+        return mx.concatenate([x[:, i : i + last : self.stride] for i in range(self.kernel_size)], axis=-1)
 
     def frame_weight(self) -> mx.array:
         """The weight as one (K·C_in, C_out) matrix for `frames`, built once."""
@@ -152,11 +130,12 @@ class StridedConv(nn.Module):
         return _cached(self, build, "_blocks")
 
     def blocks(self, x: mx.array) -> mx.array:
-        """The same convolution for the CPU path without the framing copy: (B, T, C_in) -> (B, n, C_out).
+        """The convolution without a framing copy: (B, T, C_in) -> (B, n, C_out).
 
         Input rows j·S .. j·S + S·n, read as (n, S·C_in), are every frame's taps j·S .. j·S + S - 1: one GEMM
         per block of S taps on a view of x (for B = 1), plus a strided-slice GEMM for a last partial block
-        (kernel 3, stride 2: (n, 2C)·(2C, C_out) + (n, C)·(C, C_out), ~10% less CPU than one framed GEMM).
+        (kernel 3, stride 2: (n, 2C)·(2C, C_out) + (n, C)·(C, C_out); on the CPU 13% less time than one GEMM
+        over copied (n, 3C) frames).
         """
         b, t, c = x.shape
         k, s = self.kernel_size, self.stride
@@ -356,56 +335,7 @@ class HubertModel(nn.Module):
 # each lane runs everything that is local in time (convolutions, projections, norms, FFN) on its own stream,
 # so the cores work in parallel. Exact GELU and the attention softmax, MLX's slowest CPU kernels, run as
 # in-place numpy passes on the evaluated buffers (`activations.gelu_inplace_np`, `exp_shifted_inplace_np`) in
-# the calling thread, while the streams go on with the other lane's matmuls (`_drive`).
-
-
-_USE_POOL = True
-_numpy_workers: list = []  # CPU path: the thread pool that runs the lanes' numpy passes (made on first use)
-
-
-def _numpy_pool(size: int) -> ThreadPoolExecutor:
-    """Threads for the lanes' in-place numpy passes (numpy's ufuncs and reductions release the GIL)."""
-    if not _numpy_workers or _numpy_workers[0]._max_workers < size:
-        _numpy_workers[:] = [ThreadPoolExecutor(size, thread_name_prefix="rvc-mlx-numpy")]
-    return _numpy_workers[0]
-
-
-def _drive(lanes: list, streams: list) -> list:
-    """Run lane generators side by side, lane k's MLX work on streams[k] -> their return values.
-
-    A lane yields (array, fn): the array is evaluated (queued with `async_eval` as soon as it is yielded),
-    then fn(numpy view of its buffer) rewrites it in place and fn's result is sent back to the lane. The
-    array must be a fresh op output (a matmul or a concatenation) that nothing else shares. The lanes step
-    together: each lane's fn runs on a worker thread as soon as its array is ready, so the numpy passes of
-    the lanes run in parallel (and beside the matmuls still queued), while MLX is called from this thread.
-    """
-    current: list = [None] * len(lanes)
-    results: list = [None] * len(lanes)
-
-    def advance(k: int, value) -> None:
-        with mx.stream(streams[k]):
-            try:
-                current[k] = lanes[k].send(value)
-            except StopIteration as done:
-                current[k], results[k] = None, done.value
-                return
-            mx.async_eval(current[k][0])
-
-    for k in range(len(lanes)):
-        advance(k, None)
-    pool = _numpy_pool(len(lanes)) if len(lanes) > 1 and _USE_POOL else None
-    while any(c is not None for c in current):
-        pending = {}
-        for k, item in enumerate(current):
-            if item is not None:
-                array, fn = item
-                mx.eval(array)
-                view = np.asarray(array)
-                assert view.flags.c_contiguous and view.flags.writeable and view.dtype == np.float32
-                pending[k] = pool.submit(fn, view) if pool else fn(view)
-        for k, value in pending.items():
-            advance(k, value.result() if pool else value)
-    return results
+# the calling thread, while the streams go on with the other lane's matmuls (`activations.drive_lanes`).
 
 
 def _lane_bounds(frames: int, streams: list) -> list[int]:
@@ -450,7 +380,7 @@ def _frontend_cpu(model: HubertModel, samples: mx.array, bounds: list[int], stre
             yield x, gelu_inplace_np
         return model.feature_proj(model.feature_norm(x))  # (B, T_k, C)
 
-    return _drive([lane(k) for k in range(n_lanes)], streams)
+    return drive_lanes([lane(k) for k in range(n_lanes)], streams)
 
 
 def _pos_conv_cpu(model: HubertModel, xs: list[mx.array], bounds: list[int], streams: list) -> list[mx.array]:
@@ -483,7 +413,7 @@ def _pos_conv_cpu(model: HubertModel, xs: list[mx.array], bounds: list[int], str
         yield y, partial(gelu_inplace_np, bias=bias)
         return model.encoder_norm(xs[k] + y)
 
-    return _drive([lane(k) for k in range(len(xs))], streams)
+    return drive_lanes([lane(k) for k in range(len(xs))], streams)
 
 
 def _layer_cpu(layer: EncoderLayer, xs: list[mx.array], streams: list) -> list[mx.array]:
@@ -520,7 +450,7 @@ def _layer_cpu(layer: EncoderLayer, xs: list[mx.array], streams: list) -> list[m
         yield hidden, gelu_inplace_np
         return layer.final_norm(x + layer.fc2(hidden))
 
-    return _drive([lane(k) for k in range(len(xs))], streams)
+    return drive_lanes([lane(k) for k in range(len(xs))], streams)
 
 
 def _extract_cpu(model: HubertModel, samples: mx.array, output_layer: int) -> mx.array:
