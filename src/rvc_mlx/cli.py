@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-reference", action="store_true", help="time rvc-mlx alone")
     p.add_argument("--machine", help="results folder name")
     p.add_argument("--models-dir", help="keep and reuse the model files here")
+    p.add_argument("--precision", choices=PRECISIONS, default="float32", help="rvc-mlx's compute precision")
+    p.add_argument("--warmup", action="store_true",
+                   help="also time warm_up and the first call after it (in another process)")
+    p.add_argument("--warmup-seconds", type=float, nargs="+", help="warm-up lengths (default: 3 s, 46 s)")
+    p.add_argument("--kernel-cache", choices=["shared", "fresh"], default="shared",
+                   help="fresh: an empty MLX kernel cache per rvc-mlx process (a fresh machine's first call)")
     return parser
 
 
@@ -102,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_bench(args.seconds, device=args.device, repeats=args.repeats,
                              reference=not args.no_reference, machine=args.machine,
-                             models_dir=args.models_dir)
+                             models_dir=args.models_dir, precision=args.precision, warmup=args.warmup,
+                             warmup_seconds=tuple(args.warmup_seconds) if args.warmup_seconds else None,
+                             kernel_cache=args.kernel_cache)
     except RVCError as e:
         print(f"rvc-mlx: error: {e}", file=sys.stderr)
         return 2
