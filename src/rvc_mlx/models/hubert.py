@@ -417,27 +417,29 @@ def _pos_conv_cpu(model: HubertModel, xs: list[mx.array], bounds: list[int], str
 
 
 def _layer_cpu(layer: EncoderLayer, xs: list[mx.array], streams: list) -> list[mx.array]:
-    """One encoder layer over the lanes' frames xs[k] (B, T_k, C): keys and values of all frames are
-    shared, each lane takes its own queries in blocks of ~QUERY_BLOCK_ELEMENTS scores."""
+    """One encoder layer over the lanes' frames xs[k] (B, T_k, C): each lane puts its keys and values in
+    head-major layout, gathers every lane's, and takes its own queries in blocks of ~QUERY_BLOCK_ELEMENTS
+    scores."""
     attn = layer.attn
     b, _, c = xs[0].shape
     h = attn.num_heads
     d = c // h
-    qkvs = []
+    qkvs, key_parts, value_parts = [], [], []
     for k, x in enumerate(xs):
         with mx.stream(streams[k]):
             qkvs.append(attn.qkv(x))  # (B, T_k, 3C)
-    with mx.stream(streams[0]):
-        kv = mx.concatenate([qkv[..., c:] for qkv in qkvs], axis=1)  # (B, T, 2C)
-        t = kv.shape[1]
-        keys = mx.contiguous(kv[..., :c].reshape(b, t, h, d).transpose(0, 2, 3, 1))  # (B, H, D, T)
-        values = mx.contiguous(kv[..., c:].reshape(b, t, h, d).transpose(0, 2, 1, 3))  # (B, H, T, D)
+            heads = qkvs[k].reshape(b, x.shape[1], 3, h, d)  # (B, T_k, 3, H, D)
+            key_parts.append(mx.contiguous(heads[:, :, 1].transpose(0, 2, 3, 1)))  # (B, H, D, T_k)
+            value_parts.append(mx.contiguous(heads[:, :, 2].transpose(0, 2, 1, 3)))  # (B, H, T_k, D)
+    t = sum(x.shape[1] for x in xs)
     rows = max(QUERY_BLOCK_MIN_ROWS, QUERY_BLOCK_ELEMENTS // (b * h * t))
 
     def lane(k: int):
         tk = xs[k].shape[1]
         q = qkvs[k][..., :c] * (d**-0.5)
         q = mx.contiguous(q.reshape(b, tk, h, d).transpose(0, 2, 1, 3))  # (B, H, T_k, D)
+        # each lane gathers all keys (B, H, D, T) and values (B, H, T, D): no lane waits on another's copy
+        keys, values = mx.concatenate(key_parts, axis=-1), mx.concatenate(value_parts, axis=2)
         outs = []
         for first in range(0, tk, rows):
             scores = q[:, :, first : first + rows] @ keys  # (B, H, rows, T)
