@@ -441,8 +441,13 @@ def _layer_cpu(layer: EncoderLayer, xs: list[mx.array], streams: list) -> list[m
         # each lane gathers all keys (B, H, D, T) and values (B, H, T, D): no lane waits on another's copy
         keys, values = mx.concatenate(key_parts, axis=-1), mx.concatenate(value_parts, axis=2)
         outs = []
-        for first in range(0, tk, rows):
-            scores = q[:, :, first : first + rows] @ keys  # (B, H, rows, T)
+        firsts = list(range(0, tk, rows))
+        ahead = q[:, :, :rows] @ keys  # (B, H, rows, T)
+        for i in range(len(firsts)):
+            scores = ahead
+            if i + 1 < len(firsts):  # the next block's scores are queued before this block's numpy pass
+                ahead = q[:, :, firsts[i + 1] : firsts[i + 1] + rows] @ keys
+                mx.async_eval(ahead)
             sums = yield scores, exp_shifted_inplace_np  # scores now exp(scores - row max)
             outs.append((scores @ values) / mx.array(sums))  # (B, H, rows, D)
             mx.async_eval(outs[-1])
