@@ -169,7 +169,7 @@ def check_parity(
     resblock="1",
     impl="auto",
     chunk_plan=None,
-    gpu_chunk_plan=None,
+    gpu_chunk_plan="default",
 ):
     path = tmp_path / "voice.pth"
     ref, config = make_voice(path, version, f0_flag, sample_rate, full=full, resblock=resblock)
@@ -183,7 +183,7 @@ def check_parity(
     voice = load_voice(path)
     if chunk_plan is not None:
         voice.dec.chunk_plan = chunk_plan
-    if gpu_chunk_plan is not None:
+    if gpu_chunk_plan != "default":
         voice.dec.gpu_chunk_plan = gpu_chunk_plan
     with conv_impl(impl):
         got = voice.synthesize(
@@ -235,11 +235,17 @@ def test_parity_with_many_small_chunks(tmp_path, monkeypatch, resblock):
 
 @pytest.mark.parametrize("resblock", ["1", "2"])
 def test_parity_gpu_route_in_small_chunks(tmp_path, monkeypatch, resblock):
-    """The other back ends' route for long signals (chunks on one stream, `mx.conv1d` on each piece, every
-    chunk evaluated before the next), run here on the CPU through the "mlx" conv path with tiny chunks."""
+    """The other back ends' route (fixed-length chunks on one stream, the last computed past the end and cut,
+    `mx.conv1d` on each piece, each chunk evaluated before the next), run here on the CPU through the "mlx"
+    conv path with tiny chunks (the default plan's single bucketed chunk: the "mlx" case above)."""
     plan = ChunkPlan(elements=1, min_length=53)
     check_parity(tmp_path, monkeypatch, "v2", 1, 48000, batch=2, random_draws=True, resblock=resblock,
                  impl="mlx", gpu_chunk_plan=plan)
+
+
+def test_parity_gpu_one_pass(tmp_path, monkeypatch):
+    """`gpu_chunk_plan=None`: the decoder in one pass over the whole signal."""
+    check_parity(tmp_path, monkeypatch, "v1", 0, 32000, impl="mlx", gpu_chunk_plan=None)
 
 
 def test_parity_with_attention_blocks_and_flow_chunks(tmp_path, monkeypatch):

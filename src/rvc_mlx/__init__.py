@@ -14,6 +14,9 @@ os.environ.setdefault("MLX_ENABLE_TF32", "0")
 # different lengths is this package's normal use, so the caches stay plain LRU caches unless the user says
 # otherwise.
 os.environ.setdefault("MLX_ENABLE_CACHE_THRASHING_CHECK", "0")
+# The cuDNN plan cache holds 128 convolution shapes by default; one v2 48 kHz conversion uses 87 (decoder
+# chunks, flow, text encoder), so a second input length would evict the first's plans.
+os.environ.setdefault("MLX_CUDA_CONV_CACHE_SIZE", "1024")
 _blas.ensure_fast_blas()  # must precede the first `import mlx.core`
 
 __version__ = "0.1.0"

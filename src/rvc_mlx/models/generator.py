@@ -44,10 +44,20 @@ class ChunkPlan:
     min_length: int = 512  # shortest chunk, samples (each chunk also recomputes a halo of ~60 each side)
 
 
-# GPU back ends: a signal larger than one chunk (stage samples × channels) is decoded in chunks evaluated one
-# after the other, which bounds the memory the decoder needs (measured on an H100 at 60 s of 48 kHz audio:
-# 34 GiB of peak memory in one pass); shorter signals take one pass (fewer kernel launches).
+# GPU back ends: each stage in chunks of a fixed length (`_fixed_length`) evaluated one after the other. That
+# bounds the decoder's memory (measured on an H100 at 60 s of 48 kHz audio: 34 GiB of peak memory in one
+# pass, 7.3 GiB in chunks of 2^24 elements), and its convolutions see a few shapes whatever the input
+# lengths, so MLX's cuDNN plan cache keeps hitting across recordings of different lengths.
 GPU_CHUNK_PLAN = ChunkPlan(elements=1 << 24, min_length=4096)
+
+
+def _fixed_length(total: int, longest: int) -> int:
+    """Chunk length for `total` samples at most `longest` per chunk: `longest`, or for a shorter signal the
+    smallest m·2^k ≥ total with m in 4..7 (a quarter-octave grid: few distinct shapes, ≤ 25 % overrun)."""
+    if total >= longest:
+        return longest
+    k = max(0, (total - 1).bit_length() - 3)
+    return min(longest, -(-total // (1 << k)) << k)
 
 
 def _lrelu(x: mx.array, slope: float) -> mx.array:
@@ -179,9 +189,9 @@ class Generator(nn.Module):
     `chunk_plan` size, each computed from the stage input around it (a halo as wide as the blocks' reach)
     with unpadded convolutions, and zeroed outside the signal where the reference zero-pads. Chunks keep
     the working set in cache; they are dealt to one lane per CPU stream (`conv.cpu_streams`) and the lanes
-    run in lockstep (`conv.run_lockstep`), so the cores work in parallel. On other back ends a signal
-    longer than one `gpu_chunk_plan` chunk takes the same chunked route on the default stream, one chunk
-    evaluated at a time, with the convolutions on `mx.conv1d` (bounded memory for long inputs).
+    run in lockstep (`conv.run_lockstep`), so the cores work in parallel. On other back ends the stages take
+    the same chunked route on the default stream with chunks of fixed, bucketed lengths (`gpu_chunk_plan`),
+    one evaluated at a time, with the convolutions on `mx.conv1d` (bounded memory, few distinct shapes).
     """
 
     def __init__(
@@ -222,7 +232,7 @@ class Generator(nn.Module):
         if gin_channels:
             self.cond = Conv1d(gin_channels, upsample_initial_channel, 1)
         self.chunk_plan = ChunkPlan()  # CPU path: chunk sizes (not a parameter)
-        self.gpu_chunk_plan = GPU_CHUNK_PLAN  # other back ends, long signals: chunk sizes
+        self.gpu_chunk_plan = GPU_CHUNK_PLAN  # other back ends: chunk sizes (None: one pass)
 
     def __call__(
         self,
@@ -245,9 +255,9 @@ class Generator(nn.Module):
             x = x + self.cond(g)
         if use_cpu_path():
             return self._chunked(x, source, cpu_streams(), self.chunk_plan)
-        if x.shape[1] * self.upp * self.ups[-1].out_channels > self.gpu_chunk_plan.elements:
+        if self.gpu_chunk_plan is not None:
             return self._chunked(x, source, [mx.default_stream(mx.default_device())], self.gpu_chunk_plan,
-                                 evaluate=True)
+                                 fixed=True)
         for i, up in enumerate(self.ups):
             x = up(nn.leaky_relu(x, LRELU_SLOPE))
             if source is not None:
@@ -263,53 +273,65 @@ class Generator(nn.Module):
         return self.resblocks[i * self.num_kernels : (i + 1) * self.num_kernels]
 
     def _chunked(self, x: mx.array, source: mx.array | None, streams: Sequence[mx.Stream], plan: ChunkPlan,
-                 evaluate: bool = False) -> mx.array:
+                 fixed: bool = False) -> mx.array:
         """The upsampling stages in time chunks: x (B, T, C) after conv_pre -> (B, T·upp, 1). One lane of
-        chunks per stream; ``evaluate``: evaluate each chunk before the next is built (bounded memory)."""
-        halos = []  # per stage: stage-output samples each chunk needs beyond its own on each side
-        for i in range(len(self.ups)):
+        chunks per stream (equal chunks, as many as the lanes need); ``fixed`` (one stream): every chunk of a
+        stage has the length `_fixed_length` gives, the last one computed past the end and cut, and each is
+        evaluated before the next is built (bounded memory; convolution shapes independent of the length)."""
+        halos, t_outs, lengths, t_in = [], [], [], x.shape[1]
+        for i, up in enumerate(self.ups):
             post = self.conv_post.padding if i == len(self.ups) - 1 else 0
-            halos.append(max(block.reach for block in self._stage_blocks(i)) + post)
-        pad_src = 0
+            halos.append(max(block.reach for block in self._stage_blocks(i)) + post)  # samples beyond a chunk
+            t_in = (t_in - 1) * up.stride - 2 * up.padding + up.kernel_size + up.output_padding
+            t_outs.append(t_in)
+            if fixed:
+                lengths.append(_fixed_length(t_in, max(plan.min_length, plan.elements // up.out_channels)))
+            else:
+                length = max(plan.min_length, plan.elements // up.out_channels)
+                n_lanes = min(len(streams), -(-t_in // length))
+                n_chunks = -(-t_in // (length * n_lanes)) * n_lanes  # equal work per lane
+                lengths.append(-(-t_in // n_chunks))
+        overrun = [-(-t // n) * n - t for t, n in zip(t_outs, lengths, strict=True)]  # past the end (fixed)
+        pad_src = extra_src = 0
         if source is not None:  # zeros around the source, enough for every stage's noise conv
             convs = zip(halos, self.noise_convs, strict=True)
             pad_src = max((h + 2) * c.stride + c.kernel_size for h, c in convs)
-            source = mx.pad(source, [(0, 0), (pad_src, pad_src), (0, 0)])
+            extra_src = max(o * c.stride for o, c in zip(overrun, self.noise_convs, strict=True))
+            source = mx.pad(source, [(0, 0), (pad_src, pad_src + extra_src), (0, 0)])
         pads = [  # zero steps around each stage's input, enough for its chunks' halos
             -(-(up.kernel_size + up.output_padding + h) // up.stride) + 2
             for up, h in zip(self.ups, halos, strict=True)
         ]
-        x = mx.pad(_lrelu(x, LRELU_SLOPE), [(0, 0), (pads[0], pads[0]), (0, 0)])
+        extra = [-(-o // up.stride) for o, up in zip(overrun, self.ups, strict=True)]  # input steps past it
+        x = mx.pad(_lrelu(x, LRELU_SLOPE), [(0, 0), (pads[0], pads[0] + extra[0]), (0, 0)])
         for i, up in enumerate(self.ups):
-            t_in = x.shape[1] - 2 * pads[i]
-            t_out = (t_in - 1) * up.stride - 2 * up.padding + up.kernel_size + up.output_padding
-            length = max(plan.min_length, plan.elements // up.out_channels)
-            n_lanes = min(len(streams), -(-t_out // length))
-            n_chunks = -(-t_out // (length * n_lanes)) * n_lanes  # equal work per lane
-            length = -(-t_out // n_chunks)
+            length, t_out = lengths[i], t_outs[i]
             starts = range(0, t_out, length)
+            n_lanes = min(len(streams), len(starts))
             lanes = [
-                self._lane(i, x, pads[i], source, pad_src, starts[k::n_lanes], length, t_out, halos[i],
-                           evaluate)
+                self._lane(i, x, pads[i], source, pad_src, starts[k::n_lanes], length, t_out, halos[i], fixed)
                 for k in range(n_lanes)
             ]
             per_lane = run_lockstep(lanes, streams[:n_lanes])
             chunks = [per_lane[n % n_lanes][n // n_lanes] for n in range(len(starts))]
             if i + 1 < len(self.ups):  # the next stage's padded input, in one copy
-                zeros = mx.zeros((x.shape[0], pads[i + 1], up.out_channels), x.dtype)
-                chunks = [zeros, *chunks, zeros]
+                b, c = x.shape[0], up.out_channels
+                chunks = [mx.zeros((b, pads[i + 1], c), x.dtype), *chunks,
+                          mx.zeros((b, pads[i + 1] + extra[i + 1], c), x.dtype)]
             x = mx.concatenate(chunks, axis=1) if len(chunks) > 1 else chunks[0]
         return x
 
     def _lane(self, i: int, x: mx.array, pad: int, source: mx.array | None, pad_src: int,
-              starts: Sequence[int], length: int, total: int, halo: int, evaluate: bool) -> Steps:
+              starts: Sequence[int], length: int, total: int, halo: int, fixed: bool) -> Steps:
         """Stage i's chunks starting at `starts`, one after the other, as one step generator -> their list."""
         outs = []
         for start in starts:
-            stop = min(start + length, total)
-            outs.append((yield from self._chunk(i, x, pad, source, pad_src, start, stop, total, halo)))
-            if evaluate:
-                mx.eval(outs[-1])
+            stop = start + length if fixed else min(start + length, total)
+            out = yield from self._chunk(i, x, pad, source, pad_src, start, stop, total, halo)
+            if fixed:
+                out = out[:, : total - start] if stop > total else out
+                mx.eval(out)
+            outs.append(out)
         return outs
 
     def _chunk(
