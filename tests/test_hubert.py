@@ -353,7 +353,7 @@ def test_incomplete_or_unsupported_checkpoints(small, tmp_path):
 
 
 def test_gelu_and_attention_kernels(rng):
-    """The rational-erf GELU and the CPU softmax attention against torch (float64 for GELU)."""
+    """The rational-erf GELU (float64 torch reference) and the plain path's attention against torch."""
     from rvc_mlx.models.hubert import attention, gelu
 
     x = np.concatenate([np.linspace(-12, 12, 20001), rng.standard_normal(10000) * 3]).astype(np.float32)

@@ -19,6 +19,11 @@ and as transformers' `hidden_states[n]` (index 0 there is the input of layer 1).
 
 Weights arrive prepared by `rvc_mlx.checkpoints.hubert`: conv weights (C_out, K, C_in), the positional
 conv's weight norm folded, q/k/v fused into one (3C, C) matrix, linears (out, in) as in `mlx.nn.Linear`.
+
+When `models.conv.use_cpu_path()` holds (the default device is the CPU), `extract_features` runs the CPU
+path at the end of this file: time lanes on the CPU streams, GELU and the attention softmax as in-place numpy
+passes (measured on a 2-core x86 VM: 3.7x faster than the plain path at 30 s of audio, 2x at 5 s). Elsewhere
+the modules below run as plain MLX.
 """
 
 from __future__ import annotations
