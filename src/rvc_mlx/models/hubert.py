@@ -436,6 +436,9 @@ def _layer_cpu(layer: EncoderLayer, xs: list[mx.array], streams: list) -> list[m
             heads = qkvs[k].reshape(b, x.shape[1], 3, h, d)  # (B, T_k, 3, H, D)
             key_parts.append(mx.contiguous(heads[:, :, 1].transpose(0, 2, 3, 1)))  # (B, H, D, T_k)
             value_parts.append(mx.contiguous(heads[:, :, 2].transpose(0, 2, 1, 3)))  # (B, H, T_k, D)
+    # queued now, lane by lane in small graphs: waiting for the first query block would queue lane 0's whole
+    # chain before lane 1's (MLX blocks while its backlog is full), leaving stream 1 idle meanwhile
+    mx.async_eval([a for kv in zip(key_parts, value_parts, strict=True) for a in kv])
     t = sum(x.shape[1] for x in xs)
     rows = max(QUERY_BLOCK_MIN_ROWS, QUERY_BLOCK_ELEMENTS // (b * h * t))
 
