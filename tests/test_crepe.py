@@ -282,8 +282,9 @@ def test_crepe_matches_reference(capacity, signal, speech):
 
 # Floors a few points under the figures measured at 20 dB SNR (RPA / voicing recall / precision).
 # STANDARD_SEGMENTS: every decoder of both capacities 1.000 / 1.000 / 1.000 except tiny's argmax decoders'
-# precision (0.919: the ends of tones). LEAP_SEGMENTS (leaps of 2+ octaves between tones): full viterbi 0.949 / 0.952 / 1.000,
-# tiny viterbi 0.927 / 0.930 / 1.000, the argmax decoders as on STANDARD_SEGMENTS; torchcrepe (rvc's calls)
+# precision (0.919: the ends of tones). LEAP_SEGMENTS (leaps of 2+ octaves between tones): full viterbi
+# 0.949 / 0.952 / 1.000, tiny viterbi 0.927 / 0.930 / 1.000, the argmax decoders as on STANDARD_SEGMENTS;
+# torchcrepe (rvc's calls)
 # scores exactly the same. Viterbi's misses there are the first ~10 frames of the two tones after a leap:
 # its transitions move at most 11 bins (220 cents) per frame, and the softmax of sigmoid activations is a
 # weak observation, so the path needs that long to cross 2 octaves.

@@ -45,10 +45,11 @@ class ChunkPlan:
 
 
 # GPU back ends: each stage in chunks of a fixed length (`_fixed_length`) evaluated one after the other. That
-# bounds the decoder's memory (measured on an H100 at 60 s of 48 kHz audio: 34 GiB of peak memory in one
-# pass, 7.3 GiB in chunks of 2^24 elements), and its convolutions see a few shapes whatever the input
-# lengths, so MLX's cuDNN plan cache keeps hitting across recordings of different lengths.
-GPU_CHUNK_PLAN = ChunkPlan(elements=1 << 24, min_length=4096)
+# bounds the decoder's memory and its convolutions see a few shapes whatever the input lengths, so MLX's
+# cuDNN plan cache keeps hitting across recordings of different lengths. Decoder alone, v2 48 kHz, 60 s, H100
+# (peak memory above the weights / time): one pass 41.2 GiB / 0.31 s; chunks of 2^22 elements 2.5 GiB /
+# 0.43 s; 2^24 7.3 GiB / 0.40 s; 2^26 26.7 GiB / 0.45 s.
+GPU_CHUNK_PLAN = ChunkPlan(elements=1 << 22, min_length=4096)
 
 
 def _fixed_length(total: int, longest: int) -> int:
