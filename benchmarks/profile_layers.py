@@ -14,7 +14,9 @@ the clock stops, so element-wise work between the timed layers (activations, res
 reference keeps outside them) lands in an "other" row. The reference is timed with forward pre-/post-hooks;
 the pre-hook runs ahead of weight norm's, so a synthesizer conv's time includes the weight re-computation
 that RVC's checkpoints (weight norm not removed) pay on every call. Times: the fastest of ``repeats`` calls
-after a warm-up call, in seconds.
+after a warm-up call, in seconds. HuBERT's rows time its plain-MLX path (its CPU path runs in time lanes:
+`benchmarks/profile_hubert.py` times that one); on the CPU the synthesizer's decoder is one row (its
+chunked CPU path has no per-layer calls to wrap).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 # Timed modules (regular expressions over the models' own module names) -> the report's row. Synthesizer
 # module names are RVC's state-dict names on both sides.
+SYNTH_CPU_LAYERS = r"enc_p|flow|dec|dec\.(m_source|conv_pre|cond)"
 SYNTH_LAYERS = (r"enc_p|flow|dec|dec\.(m_source|conv_pre|cond|conv_post|(ups|noise_convs)\.\d+"
                 r"|resblocks\.\d+\.convs[12]?\.\d+)")
 HUBERT_GROUPS = {  # row: (rvc-mlx module, transformers module)
@@ -106,9 +109,12 @@ def _side_ours(model: str, inputs: dict, models_dir: Path, repeats: int) -> dict
 
         return call
 
+    from rvc_mlx.models.conv import conv_impl, use_cpu_path  # isort: skip
+
     if model == "synth":
         net = load_voice(models_dir / "voice.pth")
-        pattern = SYNTH_LAYERS
+        # the CPU path's chunked decoder calls its layers' `region`/`steps`: time the decoder as a whole there
+        pattern = SYNTH_CPU_LAYERS if use_cpu_path() else SYNTH_LAYERS
         content, pitch, f0 = (mx.array(inputs[k]) for k in ("content", "pitch", "f0"))
         call = lambda: mx.eval(net.infer(content, None, pitch, f0, 0, deterministic=True))  # noqa: E731
     else:
@@ -116,7 +122,9 @@ def _side_ours(model: str, inputs: dict, models_dir: Path, repeats: int) -> dict
         net = load_hubert(models_dir / manifest["hubert"])
         pattern = "|".join(ours_re for ours_re, _ in HUBERT_GROUPS.values())
         audio = mx.array(inputs["audio"])
-        call = lambda: mx.eval(net.content_features(audio, "v2"))  # noqa: E731
+        def call():  # the plain-MLX path, layer by layer (the CPU path: benchmarks/profile_hubert.py)
+            with conv_impl("mlx"):
+                mx.eval(net.content_features(audio, "v2"))
     modules = dict(net.named_modules())
     for name in [n for n in modules if re.fullmatch(pattern, n)]:
         method = "reverse" if name == "flow" else "__call__"  # the synthesizer calls flow.reverse

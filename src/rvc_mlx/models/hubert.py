@@ -190,7 +190,10 @@ class FeatureExtractor(nn.Module):
     def __call__(self, samples: mx.array) -> mx.array:
         x = samples[:, :, None]  # (B, N, 1)
         for i, conv in enumerate(self.convs):
-            x = self.norm(conv(x), then_gelu=True) if i == 0 else gelu(conv(x))
+            if i == 0:  # float32 at every precision (`rvc_mlx.precision`): the rest in the model's dtype
+                x = self.norm(conv(x), then_gelu=True).astype(self.convs[-1].weight.dtype)
+            else:
+                x = gelu(conv(x))
         return x
 
 
@@ -303,8 +306,9 @@ class HubertModel(nn.Module):
     def extract_features(self, samples, output_layer: int | None = None) -> mx.array:
         """Features after transformer layer `output_layer` (1-based; None: the last).
 
-        samples: (N,) or (B, N) 16 kHz float audio, not normalised. Returns (B, T, hidden_size) float32
-        with T = config.num_frames(N). Raises AudioError for empty, too short or non-finite audio.
+        samples: (N,) or (B, N) 16 kHz float audio, not normalised. Returns (B, T, hidden_size) in the
+        model's dtype with T = config.num_frames(N). Raises AudioError for empty, too short or non-finite
+        audio.
         """
         n_layers = self.config.num_layers
         if output_layer is None:
@@ -312,7 +316,7 @@ class HubertModel(nn.Module):
         if not 1 <= output_layer <= n_layers:
             raise ValueError(f"output_layer must be in 1..{n_layers}, got {output_layer}")
         samples = self._check_audio(samples)
-        if use_cpu_path():
+        if use_cpu_path() and self.feature_proj.weight.dtype == mx.float32:  # numpy passes: float32 only
             return _extract_cpu(self, samples, output_layer)
         x = self.feature_extractor(samples)  # (B, T, 512)
         x = self.feature_proj(self.feature_norm(x))  # (B, T, C)
