@@ -155,12 +155,10 @@ def _markdown(info: dict, runs: list[dict]) -> str:
 
 
 def _chart(path: Path, info: dict, runs: list[dict]) -> bool:
-    try:
-        import matplotlib
+    from rvc_mlx.bench_report import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.6))
     for rate in sorted({r["index_rate"] for r in runs}):

@@ -38,8 +38,8 @@ import numpy as np
 
 from rvc_mlx.bench_report import STAGES, write_report
 from rvc_mlx.errors import RVCError
+from rvc_mlx.precision import PRECISIONS
 
-PRECISIONS = ("float32", "float16", "bfloat16", "auto")  # --precision: rvc-mlx's dtype (auto: the pipeline's)
 REPO = Path(__file__).resolve().parents[2]  # a source checkout has benchmarks/ and tests/ here
 BENCH_DIR = REPO / "benchmarks"
 # RVC's positional config of a v2 48 kHz voice at the released widths (ours-only random models).
@@ -473,6 +473,12 @@ def main(argv: list[str] | None = None) -> int:
         Path(job["result"]).write_text(json.dumps(_ours_worker(job), indent=1))
         return 0
     p = argparse.ArgumentParser(prog="python -m rvc_mlx.bench", description=__doc__.splitlines()[0])
+    add_arguments(p)
+    return run_from_args(p.parse_args(argv))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The benchmark's options (``python -m rvc_mlx.bench`` and ``rvc-mlx bench``)."""
     p.add_argument("--seconds", type=float, nargs="+", default=[5.0, 30.0], help="audio lengths (s)")
     p.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     p.add_argument("--repeats", type=int, default=3, help="warm conversions (best of)")
@@ -488,13 +494,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup-seconds", type=float, nargs="+", help="warm-up lengths (default: 3 s, 46 s)")
     p.add_argument("--kernel-cache", choices=["shared", "fresh"], default="shared",
                    help="fresh: an empty MLX kernel cache per rvc-mlx process (a fresh machine's first call)")
-    a = p.parse_args(argv)
+
+
+def run_from_args(a: argparse.Namespace) -> int:
     return run_bench(a.seconds, device=a.device, repeats=a.repeats, reference=not a.no_reference,
                      reference_device=a.reference_device, machine=a.machine, out_dir=a.out,
                      models_dir=a.models_dir, profile=a.profile, precision=a.precision, warmup=a.warmup,
                      warmup_seconds=tuple(a.warmup_seconds) if a.warmup_seconds else None,
                      kernel_cache=a.kernel_cache)
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -127,14 +127,22 @@ def _first_call_markdown(runs: list[dict]) -> list[str]:
     return lines
 
 
-def _chart(path: Path, info: dict, runs: list[dict]) -> bool:
-    """Stacked warm stage times per length and implementation, beside cold and warm totals (matplotlib)."""
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg back end, or None when matplotlib is not installed."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def _chart(path: Path, info: dict, runs: list[dict]) -> bool:
+    """Stacked warm stage times per length and implementation, beside cold and warm totals (matplotlib)."""
+    plt = pyplot()
+    if plt is None:
         return False
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
     labels, bottoms, x = [], [], 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from rvc_mlx.bench import add_arguments as add_bench_arguments
 from rvc_mlx.errors import RVCError
 from rvc_mlx.precision import PRECISIONS
 
@@ -63,18 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=3.0, help="length of the generated test audio")
 
     p = sub.add_parser("bench", help="time rvc-mlx against the PyTorch reference, per stage (benchmarks/)")
-    p.add_argument("--seconds", type=float, nargs="+", default=[5.0, 30.0], help="audio lengths")
-    p.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
-    p.add_argument("--repeats", type=int, default=3, help="warm conversions (best of)")
-    p.add_argument("--no-reference", action="store_true", help="time rvc-mlx alone")
-    p.add_argument("--machine", help="results folder name")
-    p.add_argument("--models-dir", help="keep and reuse the model files here")
-    p.add_argument("--precision", choices=PRECISIONS, default="float32", help="rvc-mlx's compute precision")
-    p.add_argument("--warmup", action="store_true",
-                   help="also time warm_up and the first call after it (in another process)")
-    p.add_argument("--warmup-seconds", type=float, nargs="+", help="warm-up lengths (default: 3 s, 46 s)")
-    p.add_argument("--kernel-cache", choices=["shared", "fresh"], default="shared",
-                   help="fresh: an empty MLX kernel cache per rvc-mlx process (a fresh machine's first call)")
+    add_bench_arguments(p)
     return parser
 
 
@@ -104,13 +94,9 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_doctor(seconds=args.seconds)
         if args.command == "bench":
-            from rvc_mlx.bench import run_bench
+            from rvc_mlx.bench import run_from_args
 
-            return run_bench(args.seconds, device=args.device, repeats=args.repeats,
-                             reference=not args.no_reference, machine=args.machine,
-                             models_dir=args.models_dir, precision=args.precision, warmup=args.warmup,
-                             warmup_seconds=tuple(args.warmup_seconds) if args.warmup_seconds else None,
-                             kernel_cache=args.kernel_cache)
+            return run_from_args(args)
     except RVCError as e:
         print(f"rvc-mlx: error: {e}", file=sys.stderr)
         return 2
