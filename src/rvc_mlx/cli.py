@@ -5,9 +5,27 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rvc_mlx.bench import add_arguments as add_bench_arguments
 from rvc_mlx.errors import RVCError
 from rvc_mlx.precision import PRECISIONS
+
+
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    """The benchmark's options (``python -m rvc_mlx.bench`` and ``rvc-mlx bench``)."""
+    p.add_argument("--seconds", type=float, nargs="+", default=[5.0, 30.0], help="audio lengths (s)")
+    p.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    p.add_argument("--repeats", type=int, default=3, help="warm conversions (best of)")
+    p.add_argument("--no-reference", action="store_true", help="time rvc-mlx only")
+    p.add_argument("--reference-device", default="auto", help="torch device (auto, cpu, cuda, cuda:1)")
+    p.add_argument("--machine", help="results folder name (default: OS-architecture-cores)")
+    p.add_argument("--out", help="results folder (default: benchmarks/results/<machine>)")
+    p.add_argument("--models-dir", help="keep (and reuse) the model files here")
+    p.add_argument("--profile", choices=["full", "tiny"], default="full")
+    p.add_argument("--precision", choices=PRECISIONS, default="float32", help="rvc-mlx's compute precision")
+    p.add_argument("--warmup", action="store_true",
+                   help="also time rvc_mlx.warmup.warm_up and the first call after it (another process)")
+    p.add_argument("--warmup-seconds", type=float, nargs="+", help="warm-up lengths (default: 3 s, 46 s)")
+    p.add_argument("--kernel-cache", choices=["shared", "fresh"], default="shared",
+                   help="fresh: an empty MLX kernel cache per rvc-mlx process (a fresh machine's first call)")
 
 
 def _add_infer(sub) -> None:
