@@ -248,15 +248,18 @@ def test_parity_gpu_one_pass(tmp_path, monkeypatch):
     check_parity(tmp_path, monkeypatch, "v1", 0, 32000, impl="mlx", gpu_chunk_plan=None)
 
 
-def test_parity_with_attention_blocks_and_flow_chunks(tmp_path, monkeypatch):
-    """The CPU path's attention in blocks of 7 query rows (band and key mask cut by the blocks), the FFNs and
-    the flow in two time chunks (seams inside each other's context), two items of different lengths."""
+@pytest.mark.parametrize("impl", ["auto", "mlx"])
+def test_parity_with_attention_blocks_and_flow_chunks(tmp_path, monkeypatch, impl):
+    """Attention in blocks of 7 query rows (band and key mask cut by the blocks), on the CPU path over its
+    streams, on the "mlx" path (other back ends) on one stream; on the CPU path also the FFNs and the flow in
+    two time chunks (seams inside each other's context). Two items of different lengths."""
     with monkeypatch.context() as patch:
         patch.setattr(text_encoder, "QUERY_BLOCK_ELEMENTS", 1)
+        patch.setattr(text_encoder, "GPU_QUERY_BLOCK_ELEMENTS", 1)
         patch.setattr(text_encoder, "QUERY_BLOCK_MIN_ROWS", 7)
         patch.setattr(flow, "MIN_CHUNK_FRAMES", 8)
         patch.setattr(text_encoder, "FFN_MIN_CHUNK_FRAMES", 8)
-        check_parity(tmp_path, monkeypatch, "v2", 1, 40000, frames=60, batch=2, random_draws=True)
+        check_parity(tmp_path, monkeypatch, "v2", 1, 40000, frames=60, batch=2, random_draws=True, impl=impl)
 
 
 def test_parity_real_v2_40k_size(tmp_path, monkeypatch):

@@ -27,6 +27,7 @@ import mlx.nn as nn
 import numpy as np
 
 from rvc_mlx import dsp
+from rvc_mlx.models.conv import use_cpu_path
 from rvc_mlx.models.gru import BiGRU
 from rvc_mlx.pitch import PITCH_HOP_LENGTH as HOP_LENGTH  # (samples per frame, 100 frames/s)
 from rvc_mlx.pitch import PITCH_SAMPLE_RATE as SAMPLE_RATE  # (Hz the model works at)
@@ -183,7 +184,13 @@ class DecoderLevel(nn.Module):
         return self.merge(self.up(x), skip)
 
 
-SLAB_FRAMES = 512  # frames (of each level) per slab of a U-Net stage
+SLAB_FRAMES = 512  # CPU path: frames (of each level) per slab of a U-Net stage
+
+
+def _slab_frames() -> int | None:
+    """Slabs on the CPU path (each stays in cache); other back ends run each stage in one pass (a slab is a
+    host round trip there, and the chunks of `RMVPE.unet_features` already bound the memory)."""
+    return SLAB_FRAMES if use_cpu_path() else None
 
 
 def _slabbed(fn, inputs: tuple, halo: int, slab: int | None, scale: int = 1) -> mx.array:
@@ -330,13 +337,13 @@ class RMVPE(nn.Module):
         if t % period:
             raise ValueError(f"frame count {t} is not a multiple of {period}")
         if chunk_frames is None or chunk_frames >= t:
-            return self.unet(mel)
+            return self.unet(mel, _slab_frames())
         core = -(-max(chunk_frames, 1) // period) * period
         margin = unet_margin_frames(self.config)
         parts = []
         for start in range(0, t, core):
             lo, hi = max(0, start - margin), min(t, start + core + margin)
-            feats = self.unet(mel[:, lo:hi])  # (B, hi - lo, 384)
+            feats = self.unet(mel[:, lo:hi], _slab_frames())  # (B, hi - lo, 384)
             part = feats[:, start - lo : min(start + core, t) - lo]
             mx.eval(part)
             parts.append(part)

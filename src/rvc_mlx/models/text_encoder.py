@@ -21,6 +21,7 @@ WINDOW_SIZE = 10  # relative-attention window of the RVC encoder, in frames on e
 PITCH_BINS = 256  # coarse pitch vocabulary of `emb_pitch`
 LRELU_SLOPE = 0.1  # leaky ReLU slope of RVC's modules (HiFi-GAN, text encoder)
 QUERY_BLOCK_ELEMENTS = 1 << 20  # CPU path: attention scores per query block (B·H·rows·T)
+GPU_QUERY_BLOCK_ELEMENTS = 1 << 24  # other back ends: the same bound, for memory on long inputs (64 MiB)
 QUERY_BLOCK_MIN_ROWS = 64  # CPU path: fewest query rows per block
 FFN_MIN_CHUNK_FRAMES = 128  # CPU path: shortest time chunk of an FFN, frames (fewer: one piece)
 
@@ -97,19 +98,21 @@ class MultiHeadAttention(nn.Module):
         """x: (B, T, C); key_mask: (B, T) bool (False = padding) or None -> (B, T, C_out).
 
         On the CPU path the queries go in blocks of about QUERY_BLOCK_ELEMENTS scores, round-robin over
-        the CPU streams (parallel, and each block's (H, rows, T) scores stay small).
+        the CPU streams (parallel, and each block's (H, rows, T) scores stay small); on other back ends in
+        blocks of GPU_QUERY_BLOCK_ELEMENTS on the default stream (the (H, T, T) scores of a long input
+        would take GBs).
         """
         b, t, c = x.shape
         q = self._heads(self.conv_q(x)) / math.sqrt(self.k_channels)  # (B, H, T, d), pre-scaled
         k = self._heads(self.conv_k(x)).transpose(0, 1, 3, 2)  # (B, H, d, T)
         v = self._heads(self.conv_v(x))
-        rows = t
-        if use_cpu_path():
-            rows = max(QUERY_BLOCK_MIN_ROWS, QUERY_BLOCK_ELEMENTS // (b * self.n_heads * t))
+        cpu = use_cpu_path()
+        elements = QUERY_BLOCK_ELEMENTS if cpu else GPU_QUERY_BLOCK_ELEMENTS
+        rows = max(QUERY_BLOCK_MIN_ROWS, elements // (b * self.n_heads * t))
         if rows >= t:
             out = self._attend(q, k, v, 0, key_mask)
         else:
-            streams = cpu_streams()
+            streams = cpu_streams() if cpu else [mx.default_stream(mx.default_device())]
             blocks = []
             for n, first in enumerate(range(0, t, rows)):
                 with mx.stream(streams[n % len(streams)]):
