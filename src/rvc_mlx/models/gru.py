@@ -108,11 +108,17 @@ def recurrence_cuda(xi: mx.array, w_hh: mx.array, b_hn: mx.array) -> mx.array:
     )[0].astype(xi.dtype)
 
 
+def cuda_available() -> bool:
+    """MLX was built with its CUDA back end and sees a GPU (False on Metal and CPU-only builds)."""
+    cuda = getattr(mx, "cuda", None)
+    return bool(cuda is not None and cuda.is_available())
+
+
 def cuda_kernel_usable(hidden: int) -> bool:
     """The fused kernel applies: CUDA back end, GPU default device, hidden size that fits one block."""
     if os.environ.get("RVC_MLX_GRU", "").lower() == "plain" or hidden > GRU_KERNEL_MAX_HIDDEN:
         return False
-    return mx.default_device() == mx.gpu and mx.cuda.is_available()
+    return mx.default_device() == mx.gpu and cuda_available()
 
 
 class BiGRU(nn.Module):
