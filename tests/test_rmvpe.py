@@ -245,6 +245,50 @@ def test_slabbed_stages_equal_single_pass(shallow):
         assert err <= 1e-6, (slab, err)
 
 
+
+def _cpu_streams(n: int):
+    streams = [mx.new_stream(mx.cpu) for _ in range(n)]
+    return lambda: streams
+
+
+@pytest.mark.parametrize("n_streams", [2, 3])
+def test_cpu_lanes_equal_plain_path(shallow, monkeypatch, n_streams):
+    """The CPU path on several streams (every conv split over time, parts reading their neighbours' frames)
+    equals the plain MLX path up to rounding, with and without slabs, in even and uneven parts (3 streams
+    over the 10 frames of the deepest level); with one stream the CPU path is the plain path."""
+    from rvc_mlx.models import conv
+
+    _, model = shallow
+    mel = mx.array(np.random.default_rng(11).standard_normal((1, 320, 128)).astype(np.float32))
+    with conv.conv_impl("mlx"):
+        plain = np.array(model.unet(mel, slab_frames=24))
+    scale = np.max(np.abs(plain))
+    monkeypatch.setattr(rmvpe, "cpu_streams", _cpu_streams(n_streams))
+    with conv.conv_impl("gemm"):
+        for slab in (24, None):
+            err = np.max(np.abs(np.array(model.unet(mel, slab_frames=slab)) - plain)) / scale
+            assert err <= 1e-6, (slab, err)
+        monkeypatch.setattr(rmvpe, "cpu_streams", _cpu_streams(1))
+        np.testing.assert_array_equal(np.array(model.unet(mel, slab_frames=24)), plain)
+
+
+def test_cpu_lanes_match_reference(full, ours, speech, monkeypatch):
+    """The full model on the CPU path with 3 streams: saliences against the reference (reflect padding) and
+    against the plain MLX path."""
+    from rvc_mlx.models import conv
+
+    ref, _ = full
+    want = _reference_salience(ref, speech, "reflect", monkeypatch)
+    with conv.conv_impl("mlx"):
+        plain = rmvpe.salience_from_audio(ours, speech)
+    monkeypatch.setattr(rmvpe, "cpu_streams", _cpu_streams(3))
+    with conv.conv_impl("gemm"):
+        got = rmvpe.salience_from_audio(ours, speech)
+    err, err_plain = float(np.max(np.abs(got - want))), float(np.max(np.abs(got - plain)))
+    print(f"3 CPU streams: salience max abs err {err:.2e} to the reference, {err_plain:.2e} to plain MLX")
+    assert err <= SALIENCE_TOL
+    assert err_plain <= 1e-5
+
 # ---------------------------------------------------------------------------------------------------------
 # Checkpoints
 # ---------------------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ import mlx.nn as nn
 import numpy as np
 
 from rvc_mlx import dsp
-from rvc_mlx.models.conv import use_cpu_path
+from rvc_mlx.models.conv import cpu_streams, use_cpu_path
 from rvc_mlx.models.gru import BiGRU
 from rvc_mlx.pitch import PITCH_HOP_LENGTH as HOP_LENGTH  # (samples per frame, 100 frames/s)
 from rvc_mlx.pitch import PITCH_SAMPLE_RATE as SAMPLE_RATE  # (Hz the model works at)
@@ -94,9 +94,12 @@ class Conv3x3(nn.Module):
 
     def taps(self, x: mx.array) -> tuple[mx.array, mx.array, mx.array]:
         """The three time-tap partial sums, each (B, T, F, C_out), without bias."""
-        _, t, f, _ = x.shape
+        return self.padded_taps(mx.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)]))
+
+    def padded_taps(self, xp: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+        """`taps` of an input given padded (B, T+2, F+2, C_in): the T outputs that read only it."""
+        t, f = xp.shape[1] - 2, xp.shape[2] - 2
         co = self.bias.shape[0]
-        xp = mx.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)])  # (B, T+2, F+2, C)
         cols = mx.concatenate([xp[:, :, j : j + f] for j in range(3)], axis=-1)  # (B, T+2, F, 3C)
         z = cols @ self.weight  # (B, T+2, F, 3Co)
         return z[:, :t, :, :co], z[:, 1 : t + 1, :, co : 2 * co], z[:, 2:, :, 2 * co :]
@@ -220,6 +223,82 @@ def _avg_pool2(x: mx.array) -> mx.array:
     return x.mean(axis=(2, 4))  # (B, T/2, F/2, C)
 
 
+# CPU path on several cores: every 3x3 conv of a stage is split over time into one part per CPU stream
+# (`cpu_streams`); part k's conv reads one frame of its neighbours' parts of the previous conv's output, so
+# the lanes meet at every conv (no halo to recompute, which would double the work at the deepest levels: 16
+# frames there for 5 s of audio). The stage's slabs (`_slabbed`) stay as they are.
+
+
+def _lane_bounds(t: int, n: int) -> list[int]:
+    """Frame boundaries of ``n`` near-equal parts of ``t`` frames (every part non-empty: n <= t)."""
+    return [k * t // n for k in range(n + 1)]
+
+
+def _frames(parts: list[mx.array], bounds: list[int], lo: int, hi: int) -> mx.array:
+    """Frames [lo, hi) of the sequence held as ``parts`` (part k: frames bounds[k]:bounds[k+1])."""
+    pieces = []
+    for part, a, b in zip(parts, bounds[:-1], bounds[1:], strict=True):
+        s, e = max(lo, a), min(hi, b)
+        if s < e:
+            pieces.append(part[:, s - a : e - a])
+    return pieces[0] if len(pieces) == 1 else mx.concatenate(pieces, axis=1)
+
+
+def _part_taps(conv: Conv3x3, parts: list[mx.array], bounds: list[int], k: int):
+    """`Conv3x3.taps` for part k's frames, reading one frame beyond it (zero padding at the sequence ends)."""
+    lo, hi, t = bounds[k], bounds[k + 1], bounds[-1]
+    src = _frames(parts, bounds, max(lo - 1, 0), min(hi + 1, t))
+    return conv.padded_taps(mx.pad(src, [(0, 0), (int(lo == 0), int(hi == t)), (1, 1), (0, 0)]))
+
+
+def _stage_lanes(stage: Stage, parts: list[mx.array], bounds: list[int], streams) -> mx.array:
+    """A `Stage` over an input held as one time part per stream -> the whole output (B, T, F, C_out)."""
+    n = len(parts)
+    for block in stage.blocks:
+        hs = []
+        for k in range(n):
+            with mx.stream(streams[k]):
+                hs.append(_sum3_bias_relu(*_part_taps(block.conv1, parts, bounds, k), block.conv1.bias))
+        outs = []
+        for k in range(n):
+            with mx.stream(streams[k]):
+                res = block.shortcut(parts[k]) if "shortcut" in block else parts[k]
+                taps = _part_taps(block.conv2, hs, bounds, k)
+                outs.append(_sum3_bias_relu_add(*taps, block.conv2.bias, res))
+        parts = outs
+    return mx.concatenate(parts, axis=1)
+
+
+def _split(arrays: tuple, streams) -> tuple[list[mx.array], list[int], list]:
+    """(B, T, F, C_i) inputs -> their time parts (channels concatenated), bounds, and the streams used."""
+    t = arrays[0].shape[1]
+    n = min(len(streams), t)
+    bounds = _lane_bounds(t, n)
+    parts = []
+    for k in range(n):
+        with mx.stream(streams[k]):
+            pieces = [a[:, bounds[k] : bounds[k + 1]] for a in arrays]
+            parts.append(pieces[0] if len(pieces) == 1 else mx.concatenate(pieces, axis=-1))
+    return parts, bounds, streams[:n]
+
+
+def _stage_cpu(stage: Stage, streams, *inputs: mx.array) -> mx.array:
+    """`stage` over the channel concatenation of ``inputs``, on the CPU streams."""
+    parts, bounds, streams = _split(inputs, streams)
+    return _stage_lanes(stage, parts, bounds, streams)
+
+
+def _head_cpu(head: Conv3x3, streams, x: mx.array) -> mx.array:
+    """The head conv (bias, no activation) on the CPU streams."""
+    parts, bounds, streams = _split((x,), streams)
+    outs = []
+    for k in range(len(parts)):
+        with mx.stream(streams[k]):
+            a, b, c = _part_taps(head, parts, bounds, k)
+            outs.append(a + b + c + head.bias)
+    return mx.concatenate(outs, axis=1)
+
+
 class UNet(nn.Module):
     """``DeepUnet`` + the ``cnn`` head: log-mel (B, T, 128) -> features (B, T, 384), T a multiple of 32.
 
@@ -240,24 +319,40 @@ class UNet(nn.Module):
         self.decoder = [DecoderLevel(deep // 2**i, deep // 2 ** (i + 1), n) for i in range(levels)]
         self.head = Conv3x3(ch, 3)
 
-    def __call__(self, mel: mx.array, slab_frames: int | None = SLAB_FRAMES) -> mx.array:
+    def __call__(self, mel: mx.array, slab_frames: int | None = SLAB_FRAMES, on_stage=None) -> mx.array:
         """(B, T, 128) -> (B, T, 384). Every stage runs over time in slabs of ``slab_frames`` frames of its
-        own level (plus the stage's halo), which bounds the temporaries; ``None``: no slabs."""
+        own level (plus the stage's halo), which bounds the temporaries; ``None``: no slabs. ``on_stage(name,
+        x)``, if given, is called after each part with its output (``benchmarks/profile_rmvpe.py`` times
+        them)."""
+        on_stage = on_stage or (lambda name, x: None)
         b, t, f = mel.shape
         halo = 2 * self.n_blocks  # each residual block is two 3x3 convs: one frame of reach each
         x = mel[..., None] * self.input_scale + self.input_shift  # (B, T, F, 1), float32
         x = x.astype(self.head.weight.dtype)  # the U-Net's compute dtype (float32 or half)
+        streams = cpu_streams() if use_cpu_path() else []
+        if len(streams) > 1:  # the CPU path on several cores: stages split over time across the streams
+            stage_fn = lambda stage: partial(_stage_cpu, stage, streams)  # noqa: E731
+            merge_fn = lambda level: partial(_stage_cpu, level.stage, streams)  # noqa: E731
+            head_fn = partial(_head_cpu, self.head, streams)
+        else:
+            stage_fn, merge_fn, head_fn = (lambda stage: stage), (lambda level: level.merge), self.head
         skips = []
-        for stage in self.encoder:
-            x = _slabbed(stage, (x,), halo, slab_frames)
+        for i, stage in enumerate(self.encoder):
+            x = _slabbed(stage_fn(stage), (x,), halo, slab_frames)
             skips.append(x)
             x = _avg_pool2(x)
-        for stage in self.intermediate:
-            x = _slabbed(stage, (x,), halo, slab_frames)
-        for level, skip in zip(self.decoder, reversed(skips), strict=True):
+            on_stage(f"encoder {i}", x)
+        for i, stage in enumerate(self.intermediate):
+            x = _slabbed(stage_fn(stage), (x,), halo, slab_frames)
+            on_stage(f"intermediate {i}", x)
+        for i, (level, skip) in enumerate(zip(self.decoder, reversed(skips), strict=True)):
             up = _slabbed(level.up, (x,), 1, None if slab_frames is None else slab_frames // 2, scale=2)
-            x = _slabbed(level.merge, (up, skip), halo, slab_frames)
-        return _slabbed(self.head, (x,), 1, slab_frames).reshape(b, t, f * 3)  # (B, T, F, 3) -> (B, T, 3F)
+            on_stage(f"up {i}", up)
+            x = _slabbed(merge_fn(level), (up, skip), halo, slab_frames)
+            on_stage(f"decoder {i}", x)
+        x = _slabbed(head_fn, (x,), 1, slab_frames).reshape(b, t, f * 3)  # (B, T, F, 3) -> (B, T, 3F)
+        on_stage("head", x)
+        return x
 
 
 class Linear(nn.Module):
