@@ -14,25 +14,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import side_by_side  # benchmarks/ (this script's folder)
+from side_by_side import best_time
 
 HERE = Path(__file__).resolve().parent
 SIDES = ("cpu", "mlx", "torch")  # rvc-mlx CPU path, rvc-mlx plain MLX path, transformers on torch
-
-
-def _best(call, repeats: int) -> float:
-    call()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def _side_torch(audio: np.ndarray, models_dir: Path, repeats: int, save: str) -> dict:
@@ -44,7 +35,7 @@ def _side_torch(audio: np.ndarray, models_dir: Path, repeats: int, save: str) ->
     manifest = json.loads((models_dir / "manifest.json").read_text())
     adapter = reference_worker.load_hubert(models_dir / manifest["hubert"], manifest, "cpu")
     source = torch.from_numpy(audio)
-    result = {"total": _best(lambda: adapter.extract_features(source, None, 12), repeats)}
+    result = {"total": best_time(lambda: adapter.extract_features(source, None, 12), repeats)}
     np.save(save, adapter.extract_features(source, None, 12)[0].numpy())
     return result
 
@@ -59,7 +50,7 @@ def _side_ours(audio: np.ndarray, models_dir: Path, repeats: int, impl: str, sav
     net = load_hubert(models_dir / manifest["hubert"])
     x = mx.array(audio)
     with conv.conv_impl("gemm" if impl == "cpu" else "mlx"):
-        result = {"total": _best(lambda: mx.eval(net.extract_features(x, 12)), repeats)}
+        result = {"total": best_time(lambda: mx.eval(net.extract_features(x, 12)), repeats)}
         np.save(save, np.array(net.extract_features(x, 12)))
         if impl == "cpu":
             stages = {"front end": 0.0, "positional conv": 0.0, "layers": 0.0}
@@ -81,7 +72,7 @@ def _side_ours(audio: np.ndarray, models_dir: Path, repeats: int, impl: str, sav
                 for name, dt in zip(stages, (t1 - t0, t2 - t1, t3 - t2), strict=True):
                     stages[name] = min(stages[name] or dt, dt)
 
-            _best(staged, repeats)
+            best_time(staged, repeats)
             result.update(stages)
     return result
 
@@ -89,13 +80,7 @@ def _side_ours(audio: np.ndarray, models_dir: Path, repeats: int, impl: str, sav
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models-dir", required=True)
-    p.add_argument("--seconds", type=float, nargs="+", default=[5.0, 30.0])
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES))
-    p.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
-    p.add_argument("--inputs", help=argparse.SUPPRESS)
-    p.add_argument("--save", help=argparse.SUPPRESS)
+    side_by_side.add_arguments(p, SIDES)
     a = p.parse_args(argv)
     models_dir = Path(a.models_dir)
     if a.side:
@@ -111,16 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     for seconds in a.seconds:
         inputs = Path(f"/tmp/profile_hubert_{seconds:g}s.npy")
         np.save(inputs, test_tone(seconds + 2)[None].astype(np.float32))
-        best: dict[str, dict] = {}
-        for _ in range(a.rounds):
-            for side in a.sides:
-                cmd = [sys.executable, __file__, "--side", side, "--models-dir", str(models_dir),
-                       "--repeats", str(a.repeats), "--inputs", str(inputs), "--save", f"{inputs}.{side}.npy"]
-                run = subprocess.run(cmd, check=True, capture_output=True, text=True)
-                result = json.loads(run.stdout.strip().splitlines()[-1])
-                print(seconds, side, result, flush=True)
-                if side not in best or result["total"] < best[side]["total"]:
-                    best[side] = result
+        args = ["--models-dir", str(models_dir), "--repeats", str(a.repeats)]
+        best = side_by_side.alternate(__file__, args, a.sides, a.rounds, str(inputs), f"{seconds:g} s")
         ref = best.get("torch", {}).get("total")
         for side, r in best.items():
             ratio = f"{r['total'] / ref:.2f}x" if ref else "–"

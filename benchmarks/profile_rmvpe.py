@@ -15,25 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import side_by_side  # benchmarks/ (this script's folder)
+from side_by_side import best_time
 
 HERE = Path(__file__).resolve().parent
 SIDES = ("ours", "torch")
-
-
-def _best(call, repeats: int) -> float:
-    call()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def _side_torch(audio: np.ndarray, model: str, repeats: int, save: str) -> dict:
@@ -57,7 +48,7 @@ def _side_torch(audio: np.ndarray, model: str, repeats: int, save: str) -> dict:
         with torch.no_grad():
             return ref.mel2hidden(ref.mel_extractor(x, center=True)).squeeze(0).numpy()
 
-    result = {"total": _best(call, repeats)}
+    result = {"total": best_time(call, repeats)}
     np.save(save, call())
     return result
 
@@ -69,7 +60,7 @@ def _side_ours(audio: np.ndarray, model: str, repeats: int, save: str) -> dict:
     from rvc_mlx.models import rmvpe  # isort: skip
 
     net = load_rmvpe(model)
-    result = {"total": _best(lambda: rmvpe.salience_from_audio(net, audio, "constant"), repeats)}
+    result = {"total": best_time(lambda: rmvpe.salience_from_audio(net, audio, "constant"), repeats)}
     np.save(save, rmvpe.salience_from_audio(net, audio, "constant"))
     parts: dict[str, float] = {}
 
@@ -94,7 +85,7 @@ def _side_ours(audio: np.ndarray, model: str, repeats: int, save: str) -> dict:
             parts[name] = min(parts.get(name, dt), dt)
 
     try:
-        _best(staged, repeats)
+        best_time(staged, repeats)
     except TypeError:  # an rvc-mlx from before ``on_stage``: totals only
         pass
     result.update(parts)
@@ -104,13 +95,7 @@ def _side_ours(audio: np.ndarray, model: str, repeats: int, save: str) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="/tmp/benchmodels/rmvpe.pt")
-    p.add_argument("--seconds", type=float, nargs="+", default=[5.0, 30.0])
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES))
-    p.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
-    p.add_argument("--inputs", help=argparse.SUPPRESS)
-    p.add_argument("--save", help=argparse.SUPPRESS)
+    side_by_side.add_arguments(p, SIDES)
     a = p.parse_args(argv)
     if a.side:
         audio = np.load(a.inputs)
@@ -124,16 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     for seconds in a.seconds:
         inputs = Path(f"/tmp/profile_rmvpe_{seconds:g}s.npy")
         np.save(inputs, test_tone(seconds))
-        best: dict[str, dict] = {}
-        for _ in range(a.rounds):
-            for side in a.sides:
-                cmd = [sys.executable, __file__, "--side", side, "--model", a.model,
-                       "--repeats", str(a.repeats), "--inputs", str(inputs), "--save", f"{inputs}.{side}.npy"]
-                run = subprocess.run(cmd, check=True, capture_output=True, text=True)
-                result = json.loads(run.stdout.strip().splitlines()[-1])
-                print(seconds, side, {k: round(v, 4) for k, v in result.items()}, flush=True)
-                if side not in best or result["total"] < best[side]["total"]:
-                    best[side] = result
+        best = side_by_side.alternate(__file__, ["--model", a.model, "--repeats", str(a.repeats)], a.sides,
+                                      a.rounds, str(inputs), f"{seconds:g} s")
         ref = best.get("torch", {}).get("total")
         for side, r in best.items():
             ratio = f"{r['total'] / ref:.2f}x" if ref else "–"
