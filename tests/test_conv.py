@@ -97,14 +97,16 @@ def test_conv_transpose1d_gemm_equals_mlx_and_torch(case, rng):
     assert rel_err(ours, ref) < TOL
 
 
+@pytest.mark.parametrize("impl", ["gemm", "mlx"])
 @pytest.mark.parametrize("case", CONV_CASES)
-def test_conv1d_valid_and_region_equal_the_padded_conv(case, rng):
-    """`valid` (no padding) and `region` (outputs [start, stop) of a pre-padded signal) against mx.conv1d."""
+def test_conv1d_valid_and_region_equal_the_padded_conv(case, impl, rng):
+    """`valid` (no padding) and `region` (outputs [start, stop) of a pre-padded signal) against mx.conv1d, on
+    the CPU path's GEMM taps and on the other back ends' `mx.conv1d` pieces."""
     c_in, c_out, k, s, p, d, g = case
     x = rng.standard_normal((2, 157, c_in)).astype(np.float32)
     layer = Conv1d(c_in, c_out, k, stride=s, padding=p, dilation=d, groups=g)
     layer.bias = mx.array(rng.standard_normal(c_out).astype(np.float32))
-    with conv_impl("gemm"):
+    with conv_impl(impl):
         unpadded = np.array(layer.valid(mx.array(x)))
     assert rel_err(unpadded, np.array(mx.conv1d(mx.array(x), layer.weight, s, 0, d, g) + layer.bias)) < TOL
     full = np.array(mx.conv1d(mx.array(x), layer.weight, s, p, d, g) + layer.bias)
@@ -112,8 +114,9 @@ def test_conv1d_valid_and_region_equal_the_padded_conv(case, rng):
     padded = mx.pad(mx.array(x), [(0, 0), (pad, pad), (0, 0)])
     t_out = full.shape[1]
     for start, stop in ((0, t_out), (t_out // 3, 2 * t_out // 3 + 1), (t_out - 1, t_out)):
-        with conv_impl("gemm"):
+        with conv_impl(impl):
             got = np.array(layer.region(padded, pad, start, stop))
+        assert got.shape == full[:, start:stop].shape
         assert rel_err(got, full[:, start:stop]) < TOL
     with pytest.raises(ValueError, match="padding"):
         layer.region(padded, pad, -pad - 1, 4)
