@@ -116,7 +116,7 @@ class ResBlock1(nn.Module):
         return sum(c1.padding + c2.padding for c1, c2 in zip(self.convs1, self.convs2, strict=True))
 
     def valid(self, x: mx.array, start: int, total: int) -> mx.array:
-        """The block on a piece of its input, without padding (CPU path).
+        """The block on a piece of its input, without padding (the chunked routes).
 
         x: (B, L, C), samples [start, start + L) of an input that is zero outside [0, total) ->
         (B, L − 2·reach, C), the output on [start + reach, start + L − reach).

@@ -98,14 +98,15 @@ def recurrence_cuda(xi: mx.array, w_hh: mx.array, b_hn: mx.array) -> mx.array:
     """`recurrence_plain` as one CUDA kernel launch (float32)."""
     t, _, b, three_h = xi.shape
     hid = three_h // 3
+    f32 = [a if a.dtype == mx.float32 else a.astype(mx.float32) for a in (xi, w_hh, b_hn)]  # it reads float32
     return _cuda_kernel()(
-        inputs=[xi.astype(mx.float32), w_hh.astype(mx.float32), b_hn.astype(mx.float32)],
+        inputs=f32,
         template=[("NH", hid), ("NB", b)],
         grid=(2 * b * three_h, 1, 1),
         threadgroup=(three_h, 1, 1),
         output_shapes=[(t, 2, b, hid)],
         output_dtypes=[mx.float32],
-    )[0].astype(xi.dtype)
+    )[0].astype(xi.dtype)  # (T, 2, B, H)
 
 
 def cuda_available() -> bool:
